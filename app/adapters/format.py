@@ -1,0 +1,217 @@
+"""The adapter file format: metadata, safetensors encoding, and validation before allocation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from app.constants import (
+    ADAPTER_PREFIX,
+    FORMAT_VERSION,
+    HEAD_PREFIX,
+    MAX_SAFETENSORS_HEADER_BYTES,
+    NAME_PATTERN,
+    SAFETENSORS_METADATA_KEY,
+)
+from app.errors import IncompatibleAdapterError, InvalidAdapterError
+from app.model.adapter import AdapterConfig, tensor_shapes
+from app.model.encoder import BaseModelInfo
+from app.model.heads import HeadConfig, build_head
+
+TaskType = Literal["classification", "regression"]
+SAFETENSORS_DTYPES = {"F32": torch.float32}
+
+
+class BaseModelRef(BaseModel):
+    """The base an adapter was trained on."""
+
+    name: str
+    model_type: str
+    hidden_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    fingerprint: str
+
+
+class AdapterMetadata(BaseModel):
+    """Everything known about one stored adapter version (the JSON file next to the weights)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format_version: int = FORMAT_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(0, ge=0)
+    task_type: TaskType
+    labels: list[str] = Field(default_factory=list)
+    adapter_config: AdapterConfig = Field(default_factory=AdapterConfig)
+    head_config: HeadConfig
+    base_model: BaseModelRef
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    weights_sha256: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> AdapterMetadata:
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(f"format_version {self.format_version} is newer than this service "
+                             f"understands ({FORMAT_VERSION})")
+        if self.head_config.task_type != self.task_type:
+            raise ValueError(f"head_config.task_type {self.head_config.task_type!r} differs from "
+                             f"task_type {self.task_type!r}")
+        if self.head_config.labels != self.labels:
+            raise ValueError("head_config.labels differ from labels")
+        if self.task_type == "classification" and len(self.labels) < 2:
+            raise ValueError(f"a classification adapter needs >= 2 labels, got {len(self.labels)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor name (with prefix) the weights file must hold, and its shape."""
+        ref = self.base_model
+        shapes = {ADAPTER_PREFIX + k: v for k, v in
+                  tensor_shapes(self.adapter_config, ref.hidden_size, ref.num_layers).items()}
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            head = build_head(self.head_config, ref.hidden_size)
+        shapes.update({HEAD_PREFIX + k: tuple(v.shape) for k, v in head.state_dict().items()})
+        return shapes
+
+
+def new_metadata(name: str, head: HeadConfig, adapter: AdapterConfig, base: BaseModelInfo,
+                 metrics: dict[str, Any] | None = None, description: str = "") -> AdapterMetadata:
+    """Metadata for an adapter about to be stored (the store assigns version and checksum)."""
+    return AdapterMetadata(
+        name=name, task_type=head.task_type, labels=head.labels, adapter_config=adapter,
+        head_config=head, base_model=BaseModelRef(**base.as_dict()), metrics=metrics or {},
+        description=description,
+    )
+
+
+def parse_metadata(raw: bytes | str | dict[str, Any], source: str) -> AdapterMetadata:
+    try:
+        data = raw if isinstance(raw, dict) else json.loads(raw)
+        return AdapterMetadata.model_validate(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidAdapterError(f"{source}: metadata is not valid JSON ({exc})") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'metadata'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidAdapterError(f"{source}: invalid metadata: {problems}") from exc
+
+
+def encode(meta: AdapterMetadata, tensors: dict[str, Tensor]) -> bytes:
+    """safetensors bytes; the metadata (without its own checksum) rides in the header."""
+    embedded = meta.model_dump(mode="json", exclude={"weights_sha256"})
+    contiguous = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    return st_save(contiguous, metadata={SAFETENSORS_METADATA_KEY: json.dumps(embedded)})
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_header(data: bytes, source: str) -> dict[str, Any]:
+    """Parse and bound-check the safetensors header without touching the tensor bytes."""
+    if len(data) < 8:
+        raise InvalidAdapterError(f"{source}: file is truncated ({len(data)} bytes)")
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > MAX_SAFETENSORS_HEADER_BYTES:
+        raise InvalidAdapterError(f"{source}: header of {size} bytes exceeds the limit of "
+                                  f"{MAX_SAFETENSORS_HEADER_BYTES}")
+    if 8 + size > len(data):
+        raise InvalidAdapterError(f"{source}: file is truncated (header needs {size} bytes)")
+    try:
+        header = json.loads(data[8:8 + size])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidAdapterError(f"{source}: not a safetensors file (bad header)") from exc
+    if not isinstance(header, dict):
+        raise InvalidAdapterError(f"{source}: not a safetensors file (header is not an object)")
+    body = len(data) - 8 - size
+    end = max((e.get("data_offsets", [0, 0])[1] for k, e in header.items()
+               if k != "__metadata__" and isinstance(e, dict)), default=0)
+    if end != body:
+        raise InvalidAdapterError(f"{source}: file is truncated or padded: tensors need {end} "
+                                  f"bytes, the file holds {body}")
+    return header
+
+
+def embedded_metadata(header: dict[str, Any], source: str) -> AdapterMetadata:
+    raw = (header.get("__metadata__") or {}).get(SAFETENSORS_METADATA_KEY)
+    if raw is None:
+        raise InvalidAdapterError(f"{source}: the safetensors header carries no adapter metadata "
+                                  f"(key {SAFETENSORS_METADATA_KEY!r} in __metadata__)")
+    return parse_metadata(raw, source)
+
+
+def check_tensors(header: dict[str, Any], meta: AdapterMetadata, source: str) -> None:
+    """Names, shapes and dtypes in the header against what the metadata implies."""
+    expected = meta.expected_shapes()
+    found = {k: v for k, v in header.items() if k != "__metadata__"}
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        raise InvalidAdapterError(
+            f"{source}: tensor names do not match the adapter config: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
+        )
+    for name, shape in expected.items():
+        entry = found[name]
+        if entry.get("dtype") not in SAFETENSORS_DTYPES:
+            raise InvalidAdapterError(f"{source}: tensor {name} has dtype {entry.get('dtype')}, "
+                                      f"expected F32")
+        if tuple(entry.get("shape", ())) != shape:
+            raise InvalidAdapterError(f"{source}: tensor {name} has shape "
+                                      f"{tuple(entry.get('shape', ()))}, expected {shape}")
+
+
+def check_base(meta: AdapterMetadata, base: BaseModelInfo) -> None:
+    ref = meta.base_model
+    if (ref.hidden_size, ref.num_layers) != (base.hidden_size, base.num_layers):
+        raise IncompatibleAdapterError(
+            f"adapter {meta.name!r} v{meta.version} was trained for a base with hidden size "
+            f"{ref.hidden_size} and {ref.num_layers} layers; the service runs {base.name!r} "
+            f"with hidden size {base.hidden_size} and {base.num_layers} layers"
+        )
+    if ref.fingerprint != base.fingerprint:
+        raise IncompatibleAdapterError(
+            f"adapter {meta.name!r} v{meta.version} was trained on base {ref.name!r} "
+            f"(fingerprint {ref.fingerprint[:12]}), the service runs {base.name!r} "
+            f"(fingerprint {base.fingerprint[:12]})"
+        )
+
+
+def decode(data: bytes, meta: AdapterMetadata, source: str) -> dict[str, Tensor]:
+    """Validated tensors: header checked first, then loaded and checked for finite values."""
+    check_tensors(read_header(data, source), meta, source)
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise InvalidAdapterError(f"{source}: cannot read tensors ({exc})") from exc
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise InvalidAdapterError(f"{source}: tensor {name} has {bad} non-finite values")
+    return tensors
+
+
+def split(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(adapter tensors, head tensors), prefixes removed."""
+    adapter = {k[len(ADAPTER_PREFIX):]: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
+    head = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
+    return adapter, head
+
+
+def join(adapter: dict[str, Tensor], head: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {**{ADAPTER_PREFIX + k: v for k, v in adapter.items()},
+            **{HEAD_PREFIX + k: v for k, v in head.items()}}

@@ -1,0 +1,57 @@
+"""Adapter management use cases: list, describe, export, import, delete, reload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.adapters.format import AdapterMetadata
+from app.adapters.registry import AdapterRegistry
+from app.adapters.store import AdapterStore
+from app.errors import PayloadTooLargeError
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    meta: AdapterMetadata
+    versions: list[int]
+    resident: bool
+
+
+class AdapterService:
+    def __init__(self, store: AdapterStore, registry: AdapterRegistry, max_bytes: int) -> None:
+        self.store = store
+        self.registry = registry
+        self.max_bytes = max_bytes
+
+    def list(self) -> list[AdapterInfo]:
+        infos = []
+        for name, versions in sorted(self.registry.names().items()):
+            meta = self.registry.metadata((name, versions[-1]))
+            infos.append(AdapterInfo(meta, versions, False))
+        return infos
+
+    def describe(self, name: str, version: int | None = None) -> AdapterInfo:
+        key = self.registry.resolve(name, version)
+        return AdapterInfo(self.registry.metadata(key), self.registry.names()[name],
+                           key in self.registry.resident_keys())
+
+    def weights_path(self, name: str, version: int | None = None) -> tuple[Path, int]:
+        name, v = self.registry.resolve(name, version)
+        return self.store.weights_path(name, v), v
+
+    def import_bytes(self, name: str, data: bytes) -> AdapterMetadata:
+        if len(data) > self.max_bytes:
+            raise PayloadTooLargeError(
+                f"adapter file of {len(data)} bytes exceeds the limit of {self.max_bytes}")
+        meta = self.store.import_bytes(name, data, self.registry.encoder.info)
+        self.registry.refresh()
+        return meta
+
+    def delete(self, name: str, version: int | None = None) -> list[int]:
+        return self.registry.delete(name, version)
+
+    def reload(self) -> tuple[bool, int, int]:
+        changed = self.registry.refresh()
+        names = self.registry.names()
+        return changed, len(names), sum(len(v) for v in names.values())

@@ -1,0 +1,237 @@
+"""Adapter versions on disk: one directory per version, written atomically, validated on load."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from app.adapters import format as fmt
+from app.adapters.format import AdapterMetadata
+from app.constants import METADATA_FILE, NAME_RE, VERSION_DIR_PREFIX, WEIGHTS_FILE
+from app.errors import (
+    AdapterNotFoundError,
+    InvalidAdapterError,
+    InvalidNameError,
+    StoreWriteError,
+)
+from app.model.encoder import BaseModelInfo
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".deleted-"
+STALE_TMP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    meta: AdapterMetadata
+    adapter: dict[str, Tensor]  # names as in tensor_shapes()
+    head: dict[str, Tensor]  # head state_dict
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidNameError(
+            f"invalid adapter name {name!r}: use 1-64 characters from a-z, 0-9, '_' and '-', "
+            f"starting with a letter or digit"
+        )
+    return name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class AdapterStore:
+    """`root/<name>/v<N>/{adapter.safetensors, adapter.json}`.
+
+    A version becomes visible by renaming a complete temporary directory into place, so a crash
+    at any moment leaves either the whole version or none of it. Versions never change after
+    they are written; deleting renames them away first.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------ reading
+    def check_readable(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.listdir(self.root)
+
+    def _name_dir(self, name: str) -> Path:
+        path = self.root / validate_name(name)
+        # A symlinked name directory must not lead outside the store.
+        if path.exists() and not path.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidNameError(f"adapter {name!r} points outside the store")
+        return path
+
+    def _version_dir(self, name: str, version: int) -> Path:
+        return self._name_dir(name) / f"{VERSION_DIR_PREFIX}{version}"
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(self.root)
+                      if e.is_dir() and NAME_RE.match(e.name) and self.versions(e.name))
+
+    def versions(self, name: str) -> list[int]:
+        path = self._name_dir(name)
+        if not path.is_dir():
+            return []
+        found = []
+        for entry in os.scandir(path):
+            suffix = entry.name[len(VERSION_DIR_PREFIX):]
+            if entry.name.startswith(VERSION_DIR_PREFIX) and suffix.isdigit() and entry.is_dir():
+                found.append(int(suffix))
+        return sorted(found)
+
+    def weights_path(self, name: str, version: int) -> Path:
+        return self._version_dir(name, version) / WEIGHTS_FILE
+
+    def stamp(self, name: str, version: int) -> tuple[int, int]:
+        """(mtime_ns, size) of a version's weights: changes when the files are replaced."""
+        st = self.weights_path(name, version).stat()
+        return st.st_mtime_ns, st.st_size
+
+    def snapshot(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """Every visible version with its stamp: what the registry compares to notice changes."""
+        result = {}
+        for name in self.names():
+            for version in self.versions(name):
+                try:
+                    result[(name, version)] = self.stamp(name, version)
+                except FileNotFoundError:
+                    continue  # deleted while we looked
+        return result
+
+    def metadata(self, name: str, version: int) -> AdapterMetadata:
+        path = self._version_dir(name, version) / METADATA_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise AdapterNotFoundError(f"adapter {name!r} has no version {version}") from None
+        return fmt.parse_metadata(raw, f"adapter {name!r} v{version}")
+
+    def weights_bytes(self, name: str, version: int) -> bytes:
+        try:
+            return self.weights_path(name, version).read_bytes()
+        except FileNotFoundError:
+            raise AdapterNotFoundError(f"adapter {name!r} has no version {version}") from None
+
+    def load(self, name: str, version: int, base: BaseModelInfo) -> LoadedAdapter:
+        """Read and validate one version: checksum, base, tensor names/shapes/dtypes, finiteness."""
+        source = f"adapter {name!r} v{version}"
+        meta = self.metadata(name, version)
+        data = self.weights_bytes(name, version)
+        if fmt.sha256(data) != meta.weights_sha256:
+            raise InvalidAdapterError(
+                f"{source}: checksum mismatch: {WEIGHTS_FILE} is corrupt or was modified "
+                f"(sha256 {fmt.sha256(data)[:12]}, metadata says {meta.weights_sha256[:12]})"
+            )
+        fmt.check_base(meta, base)
+        adapter, head = fmt.split(fmt.decode(data, meta, source))
+        return LoadedAdapter(meta, adapter, head)
+
+    # ------------------------------------------------------------------------------ writing
+    def save(self, meta: AdapterMetadata, tensors: dict[str, Tensor]) -> AdapterMetadata:
+        """Write a new version of meta.name (the next number); returns the stored metadata."""
+        name_dir = self._name_dir(meta.name)
+        try:
+            name_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=name_dir))
+        except OSError as exc:
+            raise StoreWriteError(f"cannot write to the adapter store: {exc.strerror}") from exc
+        try:
+            with self._lock:
+                return self._commit(meta, tensors, name_dir, tmp)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"saving adapter {meta.name!r} failed: {exc.strerror or exc}; nothing was stored"
+            ) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _commit(self, meta: AdapterMetadata, tensors: dict[str, Tensor], name_dir: Path,
+                tmp: Path) -> AdapterMetadata:
+        while True:  # another process may take a number first: then take the next one
+            version = max(self.versions(meta.name), default=0) + 1
+            stored = meta.model_copy(update={"version": version})
+            data = fmt.encode(stored, tensors)
+            stored = stored.model_copy(update={"weights_sha256": fmt.sha256(data)})
+            _write_file(tmp / WEIGHTS_FILE, data)
+            _write_file(tmp / METADATA_FILE, stored.model_dump_json(indent=2).encode())
+            _fsync_dir(tmp)
+            try:
+                os.rename(tmp, name_dir / f"{VERSION_DIR_PREFIX}{version}")
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue
+                raise
+            _fsync_dir(name_dir)
+            log.info("stored adapter %s v%d", meta.name, version)
+            return stored
+
+    def import_bytes(self, name: str, data: bytes, base: BaseModelInfo) -> AdapterMetadata:
+        """Store a self-describing adapter file trained elsewhere, validated like a load."""
+        source = f"uploaded adapter for {validate_name(name)!r}"
+        header = fmt.read_header(data, source)
+        meta = fmt.embedded_metadata(header, source)
+        meta = meta.model_copy(update={"name": name, "version": 0, "weights_sha256": ""})
+        fmt.check_base(meta, base)
+        return self.save(meta, fmt.decode(data, meta, source))
+
+    def delete(self, name: str, version: int | None = None) -> list[int]:
+        """Remove one version, or all; returns the versions removed."""
+        versions = self.versions(name)
+        targets = versions if version is None else [v for v in versions if v == version]
+        if not targets:
+            what = f"version {version}" if version is not None else "versions"
+            raise AdapterNotFoundError(f"adapter {name!r} has no {what}")
+        name_dir = self._name_dir(name)
+        for v in targets:
+            trash = name_dir / f"{TRASH_PREFIX}{v}-{uuid.uuid4().hex[:8]}"
+            os.rename(name_dir / f"{VERSION_DIR_PREFIX}{v}", trash)  # gone in one step
+            shutil.rmtree(trash, ignore_errors=True)
+        _fsync_dir(name_dir)
+        if not self.versions(name):
+            shutil.rmtree(name_dir, ignore_errors=True)
+        return targets
+
+    def clean_stale(self) -> None:
+        """Remove temporary and trash directories left by a crash."""
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for name_dir in self.root.iterdir():
+            if not name_dir.is_dir():
+                continue
+            for entry in name_dir.iterdir():
+                stale = entry.name.startswith(TRASH_PREFIX) or (
+                    entry.name.startswith(TMP_PREFIX)
+                    and now - entry.stat().st_mtime > STALE_TMP_SECONDS
+                )
+                if stale:
+                    shutil.rmtree(entry, ignore_errors=True)

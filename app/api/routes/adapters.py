@@ -1,0 +1,108 @@
+"""/adapters: list, describe, download, import, delete, reload."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import FileResponse
+from starlette.datastructures import UploadFile
+
+from app.api.deps import ServicesDep
+from app.errors import InvalidInputError, PayloadTooLargeError
+from app.schemas.adapters import (
+    AdapterDetail,
+    AdapterList,
+    AdapterSummary,
+    DeleteResult,
+    ReloadResult,
+)
+from app.schemas.common import ErrorResponse
+
+router = APIRouter(prefix="/adapters", tags=["adapters"])
+VersionQuery = Annotated[int | None, Query(ge=1, description="A version; default the newest.")]
+ERRORS = {404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+          413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+
+
+@router.get("", response_model=AdapterList)
+def list_adapters(services: ServicesDep) -> AdapterList:
+    return AdapterList(adapters=[
+        AdapterSummary(name=i.meta.name, latest_version=i.meta.version, versions=i.versions,
+                       task_type=i.meta.task_type, labels=i.meta.labels,
+                       created_at=i.meta.created_at)
+        for i in services.adapters.list()
+    ])
+
+
+@router.post("/reload", response_model=ReloadResult)
+def reload_adapters(services: ServicesDep) -> ReloadResult:
+    """Re-read the store now (it is also polled every STORE_POLL_SECONDS)."""
+    changed, adapters, versions = services.adapters.reload()
+    return ReloadResult(changed=changed, adapters=adapters, versions=versions)
+
+
+@router.get("/{name}", response_model=AdapterDetail, responses=ERRORS)
+def describe_adapter(name: str, services: ServicesDep, version: VersionQuery = None
+                     ) -> AdapterDetail:
+    info = services.adapters.describe(name, version)
+    return AdapterDetail(**info.meta.model_dump(), versions=info.versions,
+                         resident=info.resident)
+
+
+@router.get("/{name}/download", response_class=FileResponse, responses=ERRORS)
+def download_adapter(name: str, services: ServicesDep, version: VersionQuery = None
+                     ) -> FileResponse:
+    """The weights file; its safetensors header carries the metadata, so it imports as is."""
+    path, v = services.adapters.weights_path(name, version)
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=f"{name}-v{v}.safetensors",
+                        headers={"X-Adapter-Version": str(v)})
+
+
+@router.put("/{name}", response_model=AdapterDetail, status_code=status.HTTP_201_CREATED,
+            responses=ERRORS, openapi_extra={"requestBody": {"content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "file": {"type": "string", "format": "binary"}}}}}}})
+async def import_adapter(name: str, request: Request, services: ServicesDep) -> AdapterDetail:
+    """Import an adapter file (from /download or `adapter-serve train`) as a new version."""
+    data = await _read_upload(request, services.settings.max_adapter_bytes)
+    meta = await asyncio.to_thread(services.adapters.import_bytes, name, data)
+    return AdapterDetail(**meta.model_dump(), versions=services.registry.names().get(name, []),
+                         resident=False)
+
+
+@router.delete("/{name}", response_model=DeleteResult, responses=ERRORS)
+def delete_adapter(name: str, services: ServicesDep, version: VersionQuery = None
+                   ) -> DeleteResult:
+    return DeleteResult(name=name, deleted_versions=services.adapters.delete(name, version))
+
+
+async def _read_upload(request: Request, limit: int) -> bytes:
+    """The raw body, or the `file` part of a multipart body, refusing more than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLargeError(f"upload of {declared} bytes exceeds the limit of {limit}")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        part = form.get("file")
+        if not isinstance(part, UploadFile):
+            raise InvalidInputError("multipart upload needs the adapter file in a part named 'file'")
+        data = await part.read(limit + 1)
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if size > limit:
+            data += b"\0"
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"upload exceeds the limit of {limit} bytes")
+    if not data:
+        raise InvalidInputError("the upload is empty: send the .safetensors file as the body")
+    return data

@@ -1,0 +1,26 @@
+"""POST /predict/{task}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import ServicesDep
+from app.schemas.common import ErrorResponse
+from app.schemas.predict import PredictRequest, PredictResponse
+from app.serving.predictor import TextInput
+
+router = APIRouter(tags=["predict"])
+
+
+@router.post(
+    "/predict/{task}",
+    response_model=PredictResponse,
+    responses={404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+               422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)
+async def predict(task: str, body: PredictRequest, services: ServicesDep) -> PredictResponse:
+    """Run the inputs through the shared base with the task's adapter and head."""
+    inputs = [TextInput(p.text, p.text_pair) for p in body.as_pairs()]
+    version, predictions = await services.predictor.predict(task, inputs, body.version)
+    return PredictResponse.model_validate(
+        {"task": task, "version": version, "predictions": predictions})

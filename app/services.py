@@ -1,0 +1,76 @@
+"""The long-lived objects of a running service, built once from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from app.adapters.registry import AdapterRegistry
+from app.adapters.service import AdapterService
+from app.adapters.store import AdapterStore
+from app.config import Settings
+from app.model.encoder import FrozenEncoder
+from app.serving.batcher import Batcher, BatchLimits
+from app.serving.engine import InferenceEngine, Row
+from app.serving.predictor import PredictionService, PredictLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    encoder: FrozenEncoder
+    store: AdapterStore
+    registry: AdapterRegistry
+    adapters: AdapterService
+    batcher: Batcher[Row]
+    predictor: PredictionService
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        torch.set_num_threads(settings.num_threads or os.cpu_count() or 1)
+        encoder = FrozenEncoder.load(settings.base_model, settings.device, settings.dtype,
+                                     settings.max_seq_length)
+        store = AdapterStore(settings.adapters_dir)
+        store.check_readable()
+        store.clean_stale()
+        registry = AdapterRegistry(store, encoder, settings.max_resident_adapters)
+        registry.refresh()
+        engine = InferenceEngine(encoder, registry)
+        batcher: Batcher[Row] = Batcher(engine.run, lambda row: len(row.feature), BatchLimits(
+            max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
+            wait_s=settings.batch_wait_ms / 1000, max_queue_rows=settings.max_queue_rows,
+            enabled=settings.batching_enabled,
+        ))
+        predictor = PredictionService(registry, encoder.tokenizer, batcher, PredictLimits(
+            settings.max_inputs_per_request, settings.max_text_chars))
+        adapters = AdapterService(store, registry, settings.max_adapter_bytes)
+        return cls(settings, encoder, store, registry, adapters, batcher, predictor)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+        if self.settings.store_poll_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._poll_store(), name="store-poll"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.batcher.stop()
+
+    async def _poll_store(self) -> None:
+        """Pick up adapters added, replaced or deleted on disk by other processes."""
+        while True:
+            await asyncio.sleep(self.settings.store_poll_seconds)
+            try:
+                await asyncio.to_thread(self.registry.refresh)
+            except Exception:  # a bad moment on disk must not stop the polling
+                log.exception("store poll failed")

@@ -1,0 +1,63 @@
+"""The predict use case: check a request, tokenize it, batch it, return predictions in order."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from app.adapters.registry import AdapterRegistry
+from app.errors import InvalidInputError, PayloadTooLargeError
+from app.model.tokenization import Feature, TextEncoder
+from app.serving.batcher import Batcher
+from app.serving.engine import Row
+
+
+@dataclass(frozen=True)
+class TextInput:
+    text: str
+    text_pair: str | None = None
+
+
+@dataclass(frozen=True)
+class PredictLimits:
+    max_inputs: int
+    max_text_chars: int
+
+
+class PredictionService:
+    def __init__(self, registry: AdapterRegistry, tokenizer: TextEncoder,
+                 batcher: Batcher[Row], limits: PredictLimits) -> None:
+        self.registry = registry
+        self.tokenizer = tokenizer
+        self.batcher = batcher
+        self.limits = limits
+
+    async def predict(self, task: str, inputs: list[TextInput],
+                      version: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """(version served, one prediction per input)."""
+        self._check(inputs)
+        key = self.registry.resolve(task, version)
+        features = await asyncio.to_thread(self.tokenize, inputs)
+        predictions = await self.batcher.submit([Row(key, f) for f in features])
+        return key[1], predictions
+
+    def tokenize(self, inputs: list[TextInput]) -> list[Feature]:
+        return self.tokenizer.encode([i.text for i in inputs], [i.text_pair for i in inputs])
+
+    def _check(self, inputs: list[TextInput]) -> None:
+        if not inputs:
+            raise InvalidInputError("inputs is empty: send at least one text")
+        if len(inputs) > self.limits.max_inputs:
+            raise PayloadTooLargeError(
+                f"{len(inputs)} inputs in one request; the limit is {self.limits.max_inputs}",
+            )
+        for n, item in enumerate(inputs):
+            for field_name, value in (("text", item.text), ("text_pair", item.text_pair)):
+                if value is not None and len(value) > self.limits.max_text_chars:
+                    raise PayloadTooLargeError(
+                        f"inputs[{n}].{field_name} has {len(value)} characters; the limit is "
+                        f"{self.limits.max_text_chars}",
+                    )
+            if not item.text.strip():
+                raise InvalidInputError(f"inputs[{n}].text is empty")
