@@ -126,7 +126,8 @@ def read_header(data: bytes, source: str) -> dict[str, Any]:
         raise InvalidAdapterError(f"{source}: file is truncated ({len(data)} bytes)")
     (size,) = struct.unpack("<Q", data[:8])
     if size > MAX_SAFETENSORS_HEADER_BYTES:
-        raise InvalidAdapterError(f"{source}: header of {size} bytes exceeds the limit of "
+        raise InvalidAdapterError(f"{source}: not a valid safetensors file: header of {size} "
+                                  f"bytes exceeds the limit of "
                                   f"{MAX_SAFETENSORS_HEADER_BYTES}")
     if 8 + size > len(data):
         raise InvalidAdapterError(f"{source}: file is truncated (header needs {size} bytes)")

@@ -168,7 +168,7 @@ class AdapterRegistry:
                 self.bank.remove(entry.slot)
 
     def _evict(self, room_for: int) -> None:
-        for key, entry in list(self._resident.items()):
+        for entry in list(self._resident.values()):
             if len(self._resident) + room_for <= self.capacity:
                 return
             if entry.pins == 0:

@@ -8,6 +8,7 @@ function (a list of rows -> a list of results or exceptions, run in one worker t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -96,10 +97,8 @@ class Batcher(Generic[T]):
             await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         self._executor.shutdown(wait=True)
 
     async def submit(self, rows: Sequence[T]) -> list[Any]:

@@ -82,10 +82,14 @@ def delete_adapter(name: str, services: ServicesDep, version: VersionQuery = Non
 
 async def _read_upload(request: Request, limit: int) -> bytes:
     """The raw body, or the `file` part of a multipart body, refusing more than `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise PayloadTooLargeError(f"upload of {declared} bytes exceeds the limit of {limit}")
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    too_big = PayloadTooLargeError(f"the adapter upload exceeds the limit of {limit} bytes "
+                                   f"(setting MAX_ADAPTER_BYTES)")
+    multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
+    declared = request.headers.get("content-length", "")
+    # Multipart framing adds a little; the part itself is measured below.
+    if declared.isdigit() and int(declared) > limit + (64 * 1024 if multipart else 0):
+        raise too_big
+    if multipart:
         form = await request.form()
         part = form.get("file")
         if not isinstance(part, UploadFile):
@@ -96,13 +100,11 @@ async def _read_upload(request: Request, limit: int) -> bytes:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                break
+                raise too_big
             chunks.append(chunk)
         data = b"".join(chunks)
-        if size > limit:
-            data += b"\0"
     if len(data) > limit:
-        raise PayloadTooLargeError(f"upload exceeds the limit of {limit} bytes")
+        raise too_big
     if not data:
         raise InvalidInputError("the upload is empty: send the .safetensors file as the body")
     return data

@@ -1,0 +1,107 @@
+"""Adapter math: identity init, per-row routing equals one row at a time, base never changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from app.model.adapter import AdapterConfig, AdapterSet
+from app.model.bank import NULL_SLOT, AdapterBank
+from app.model.encoder import FrozenEncoder
+from tests.conftest import random_adapter
+
+TEXTS = ["the film was good", "john visited paris today and it was fun", "bad", "not very fun"]
+PAIRS = [None, "mary works at acme corp", None, "it was slow"]
+
+
+def _batch(encoder: FrozenEncoder):  # type: ignore[no-untyped-def]
+    return encoder.tokenizer.collate(encoder.tokenizer.encode(TEXTS, PAIRS))
+
+
+def _bank(encoder: FrozenEncoder) -> AdapterBank:
+    return AdapterBank(encoder.info.hidden_size, encoder.info.num_layers, encoder.device,
+                       encoder.dtype)
+
+
+@torch.inference_mode()
+def test_untrained_adapter_leaves_base_output_unchanged(encoder: FrozenEncoder) -> None:
+    batch = _batch(encoder)
+    adapter = AdapterSet(AdapterConfig(placement="houlsby"), 32, 2).eval()
+    assert_close(encoder.forward(batch, adapter), encoder.forward(batch), rtol=0, atol=0)
+
+
+CONFIGS = [
+    AdapterConfig(),
+    AdapterConfig(placement="houlsby", bottleneck_size=5, activation="gelu"),
+    AdapterConfig(bottleneck_size=3, activation="tanh"),
+    AdapterConfig(reduction_factor=2, activation="silu"),
+]
+
+
+@pytest.mark.parametrize("assignment", [[1, 2, 3, 4], [2, 0, 2, 4], [3, 3, 1, 0]])
+@torch.inference_mode()
+def test_mixed_batch_equals_each_row_alone(encoder: FrozenEncoder, assignment: list[int]) -> None:
+    batch = _batch(encoder)
+    adapters = [random_adapter(encoder, c, seed=i)[0] for i, c in enumerate(CONFIGS)]
+    bank = _bank(encoder)
+    slots = [bank.add(c, a.state_dict()) for c, a in zip(CONFIGS, adapters, strict=True)]
+    assert slots == [1, 2, 3, 4]
+
+    mixed = encoder.forward(batch, bank.routing(assignment))
+    bare = encoder.forward(batch)
+    for row, slot in enumerate(assignment):
+        one = _row(batch, row)
+        alone = (encoder.forward(one) if slot == NULL_SLOT
+                 else encoder.forward(one, adapters[slot - 1]))
+        n = int(batch.attention_mask[row].sum())
+        assert_close(mixed[row, :n], alone[0, :n], rtol=1e-4, atol=1e-5)
+        if slot != NULL_SLOT:  # the adapter really changes the output
+            assert not torch.allclose(mixed[row], bare[row], atol=1e-3)
+
+
+def _row(batch, row: int):  # type: ignore[no-untyped-def]
+    """Row `row` alone, unpadded."""
+    n = int(batch.attention_mask[row].sum())
+    return type(batch)(batch.input_ids[row:row + 1, :n], batch.attention_mask[row:row + 1, :n],
+                       None if batch.token_type_ids is None else batch.token_type_ids[row:row + 1, :n])
+
+
+@torch.inference_mode()
+def test_removed_slot_is_reused_and_holds_only_the_new_adapter(encoder: FrozenEncoder) -> None:
+    batch = _batch(encoder)
+    bank = _bank(encoder)
+    big = random_adapter(encoder, CONFIGS[1], seed=1)[0]  # houlsby: weights at both positions
+    small = random_adapter(encoder, CONFIGS[0], seed=2)[0]
+    slot = bank.add(CONFIGS[1], big.state_dict())
+    bank.remove(slot)
+    assert bank.add(CONFIGS[0], small.state_dict()) == slot
+    assert_close(encoder.forward(batch, bank.routing([slot] * 4)), encoder.forward(batch, small))
+
+
+def test_training_step_changes_only_adapter_and_head(encoder: FrozenEncoder) -> None:
+    before = {n: p.clone() for n, p in encoder.base_parameters().items()}
+    adapter, head, _ = random_adapter(encoder, CONFIGS[1])
+    adapter.train()
+    head.train()
+    params = [*adapter.parameters(), *head.parameters()]
+    adapter_before = [p.clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    batch = _batch(encoder)
+    hidden = encoder.forward(batch, adapter)
+    loss = head.loss(head(hidden, batch.attention_mask), torch.tensor([0, 1, 1, 0]))
+    loss.backward()
+    optimizer.step()
+    assert all(p.grad is None for p in encoder.base_parameters().values())
+    for name, p in encoder.base_parameters().items():
+        assert torch.equal(p, before[name]), name
+    assert any(not torch.equal(a, b) for a, b in zip(params, adapter_before, strict=True))
+
+
+def test_wrapped_layers_keep_a_reference_to_the_base_layer(encoder: FrozenEncoder) -> None:
+    from app.model.adapter import AdaptedLinear
+
+    wrapped = [m for m in encoder.model.modules() if isinstance(m, AdaptedLinear)]
+    assert len(wrapped) == 2 * encoder.info.num_layers
+    assert all(isinstance(m.base_layer, torch.nn.Linear) for m in wrapped)
+    assert all(not p.requires_grad for p in encoder.model.parameters())

@@ -1,0 +1,122 @@
+"""The resident set: LRU eviction and reload, pins that protect in-flight rows, disk changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.adapters.registry import AdapterRegistry
+from app.adapters.store import AdapterStore
+from app.errors import AdapterNotFoundError
+from app.model.encoder import FrozenEncoder
+from app.serving.engine import InferenceEngine, Row
+from tests.conftest import AdapterFactory
+
+
+def _registry(store: AdapterStore, encoder: FrozenEncoder, capacity: int) -> AdapterRegistry:
+    registry = AdapterRegistry(store, encoder, capacity)
+    registry.refresh()
+    return registry
+
+
+def _predict(registry: AdapterRegistry, encoder: FrozenEncoder, key: tuple[str, int]
+             ) -> list[float]:
+    """The class probabilities for one fixed text."""
+    feature = encoder.tokenizer.encode(["the film was good"])[0]
+    result = InferenceEngine(encoder, registry).run([Row(key, feature)])[0]
+    assert isinstance(result, dict)
+    return list(result["scores"].values())
+
+
+def _numbers(prediction: dict) -> list[float]:
+    return list(prediction["scores"].values()) if "scores" in prediction else [prediction["value"]]
+
+
+def test_lru_eviction_and_reload_on_demand(store: AdapterStore, encoder: FrozenEncoder,
+                                           make_adapter: AdapterFactory) -> None:
+    for i in range(4):
+        make_adapter(store, f"t{i}", seed=i)
+    registry = _registry(store, encoder, capacity=2)
+    first = {f"t{i}": _predict(registry, encoder, (f"t{i}", 1)) for i in range(4)}
+    assert registry.resident_keys() == [("t2", 1), ("t3", 1)]
+    assert registry.stats.evictions == 2 and registry.bank.resident == 2
+
+    assert _predict(registry, encoder, ("t0", 1)) == pytest.approx(first["t0"])  # reloaded
+    assert registry.resident_keys() == [("t3", 1), ("t0", 1)]
+    assert registry.stats.loads == 5
+    _predict(registry, encoder, ("t3", 1))  # a hit moves it to the back
+    assert registry.resident_keys() == [("t0", 1), ("t3", 1)]
+
+
+def test_pinned_adapters_are_not_evicted(store: AdapterStore, encoder: FrozenEncoder,
+                                         make_adapter: AdapterFactory) -> None:
+    for i in range(3):
+        make_adapter(store, f"t{i}", seed=i)
+    registry = _registry(store, encoder, capacity=1)
+    pinned = registry.acquire(("t0", 1))
+    other = registry.acquire(("t1", 1))  # over the cap rather than evicting a pinned one
+    assert pinned.slot != other.slot and not pinned.retired
+    registry.release(other)
+    registry.release(pinned)
+    registry.release(registry.acquire(("t2", 1)))
+    assert registry.resident_keys() == [("t2", 1)]
+
+
+def test_delete_while_pinned_frees_the_slot_only_after_release(
+        store: AdapterStore, encoder: FrozenEncoder, make_adapter: AdapterFactory) -> None:
+    make_adapter(store, "t")
+    registry = _registry(store, encoder, capacity=4)
+    entry = registry.acquire(("t", 1))
+    registry.delete("t")
+    assert entry.retired and registry.bank.resident == 1  # still usable by its batch
+    registry.release(entry)
+    assert registry.bank.resident == 0
+    with pytest.raises(AdapterNotFoundError, match="no adapter named 't'"):
+        registry.resolve("t")
+
+
+def test_changes_made_on_disk_are_picked_up(store: AdapterStore, encoder: FrozenEncoder,
+                                            make_adapter: AdapterFactory) -> None:
+    make_adapter(store, "t", seed=1)
+    registry = _registry(store, encoder, capacity=4)
+    v1 = _predict(registry, encoder, registry.resolve("t"))
+
+    other = AdapterStore(store.root)  # another process writing into the same directory
+    make_adapter(other, "t", seed=2)
+    make_adapter(other, "new", seed=3)
+    assert registry.refresh()
+    assert registry.resolve("t") == ("t", 2) and registry.resolve("new") == ("new", 1)
+    assert registry.resident_keys() == []  # v1 was superseded, so it was let go
+    assert _predict(registry, encoder, ("t", 2)) != pytest.approx(v1)
+    assert _predict(registry, encoder, ("t", 1)) == pytest.approx(v1)  # pinned version
+
+    other.delete("t", 2)
+    assert registry.refresh() and registry.resolve("t") == ("t", 1)
+    assert not registry.refresh()  # nothing changed since
+
+
+def test_resolve_names_what_is_missing(store: AdapterStore, encoder: FrozenEncoder,
+                                       make_adapter: AdapterFactory) -> None:
+    make_adapter(store, "t")
+    registry = _registry(store, encoder, capacity=4)
+    with pytest.raises(AdapterNotFoundError, match=r"'t' has no version 7 \(it has \[1\]\)"):
+        registry.resolve("t", 7)
+
+
+@torch.inference_mode()
+def test_engine_mixed_tasks_equal_one_at_a_time(store: AdapterStore, encoder: FrozenEncoder,
+                                                make_adapter: AdapterFactory) -> None:
+    from app.model.heads import HeadConfig
+
+    make_adapter(store, "cls", seed=1)
+    make_adapter(store, "reg", seed=2, head=HeadConfig(task_type="regression"))
+    registry = _registry(store, encoder, capacity=4)
+    engine = InferenceEngine(encoder, registry)
+    texts = ["the film was good", "bad", "john visited paris today", "not very fun at all"]
+    keys = [("cls", 1), ("reg", 1), ("reg", 1), ("cls", 1)]
+    feats = encoder.tokenizer.encode(texts)
+    mixed = engine.run([Row(k, f) for k, f in zip(keys, feats, strict=True)])
+    for key, feat, out in zip(keys, feats, mixed, strict=True):
+        alone = engine.run([Row(key, feat)])[0]
+        assert _numbers(alone) == pytest.approx(_numbers(out), rel=1e-4, abs=1e-6)
+    assert set(mixed[0]) == {"label", "score", "scores"} and set(mixed[1]) == {"value"}
