@@ -236,3 +236,21 @@ def test_concurrent_predictions_while_importing_and_deleting(served: TestClient)
     assert not [s for s in statuses if s >= 500]
     assert set(statuses) <= {200, 201, 404}
     assert not mismatches
+
+
+def test_store_is_polled_for_changes(tiny_model_dir: Path, tmp_path: Path,
+                                     make_adapter: AdapterFactory) -> None:
+    import time
+
+    settings = Settings(base_model=str(tiny_model_dir), adapters_dir=tmp_path / "s",
+                        store_poll_seconds=0.05)
+    with TestClient(create_app(settings)) as client:
+        make_adapter(AdapterStore(settings.adapters_dir), "polled")
+        deadline = time.monotonic() + 5
+        while client.post("/predict/polled", json={"inputs": "x"}).status_code == 404:
+            assert time.monotonic() < deadline, "the new adapter was never picked up"
+            time.sleep(0.05)
+        AdapterStore(settings.adapters_dir).delete("polled")
+        while client.post("/predict/polled", json={"inputs": "x"}).status_code == 200:
+            assert time.monotonic() < deadline, "the deleted adapter is still served"
+            time.sleep(0.05)
