@@ -55,10 +55,28 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more work.")
     max_queue_rows: int = Field(4096, ge=1, description="Rows waiting; beyond it requests get 503.")
 
+    # --- training ---------------------------------------------------------------------------
+    jobs_db: Path | None = Field(None, description="SQLite file of training jobs; default "
+                                 "ADAPTERS_DIR/.jobs.sqlite3.")
+    training_concurrency: int = Field(1, ge=1, description="Training jobs run at once.")
+    train_threads: int = Field(0, ge=0, description="torch threads of a training worker; 0 = all cores.")
+    train_nice: int = Field(10, ge=0, le=19, description="Scheduling niceness of training workers, "
+                            "so serving keeps priority on a shared CPU.")
+    max_train_rows: int = Field(200_000, ge=1, description="Rows (train + validation) in one job.")
+    max_train_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                        description="Bytes of one POST /adapters body or upload.")
+    max_queued_jobs: int = Field(100, ge=1, description="Jobs waiting; beyond it 429.")
+    cancel_grace_seconds: float = Field(10.0, gt=0, description="A cancelled worker that has not "
+                                        "stopped after this long is killed.")
+
     # --- HTTP -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address of `adapter-serve serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `adapter-serve serve`.")
     log_level: str = Field("info", description="Python logging level.")
+
+    @property
+    def jobs_db_path(self) -> Path:
+        return self.jobs_db or self.adapters_dir / ".jobs.sqlite3"
 
     @field_validator("device")
     @classmethod

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from app import __version__
 from app.api import errors
-from app.api.routes import adapters, health, predict
+from app.api.routes import adapters, health, jobs, predict, training
 from app.config import Settings, get_settings
 from app.services import Services
 
@@ -52,7 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(predict.router)
+    app.include_router(training.router)
     app.include_router(adapters.router)
+    app.include_router(jobs.router)
     return app
 
 

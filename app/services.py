@@ -18,6 +18,7 @@ from app.model.encoder import FrozenEncoder
 from app.serving.batcher import Batcher, BatchLimits
 from app.serving.engine import InferenceEngine, Row
 from app.serving.predictor import PredictionService, PredictLimits
+from app.training.manager import JobManager
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class Services:
     adapters: AdapterService
     batcher: Batcher[Row]
     predictor: PredictionService
+    jobs: JobManager
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -52,10 +54,12 @@ class Services:
         predictor = PredictionService(registry, encoder.tokenizer, batcher, PredictLimits(
             settings.max_inputs_per_request, settings.max_text_chars))
         adapters = AdapterService(store, registry, settings.max_adapter_bytes)
-        return cls(settings, encoder, store, registry, adapters, batcher, predictor)
+        jobs = JobManager(settings, on_stored=registry.ensure_indexed)
+        return cls(settings, encoder, store, registry, adapters, batcher, predictor, jobs)
 
     async def start(self) -> None:
         await self.batcher.start()
+        await self.jobs.start()
         if self.settings.store_poll_seconds > 0:
             self._tasks.append(asyncio.create_task(self._poll_store(), name="store-poll"))
 
@@ -64,6 +68,7 @@ class Services:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.jobs.stop()
         await self.batcher.stop()
 
     async def _poll_store(self) -> None:

@@ -189,9 +189,12 @@ class AdapterRegistry:
             return list(self._resident)
 
     # ------------------------------------------------------------------------------ changes
-    def register(self, meta: AdapterMetadata) -> None:
-        """A version was just stored by this process: make it visible now, not at the next poll."""
-        self.refresh()
+    def ensure_indexed(self, name: str, version: int) -> None:
+        """Another process reported storing this version: make it visible now, not at the next poll."""
+        with self._lock:
+            known = (name, version) in self._index
+        if not known:
+            self.refresh()
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
         removed = self.store.delete(name, version)

@@ -44,26 +44,28 @@ class TextEncoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
 
-    def encode(self, texts: list[str], pairs: list[str | None] | None = None) -> list[Feature]:
+    def encode(self, texts: list[str], pairs: list[str | None] | None = None,
+               max_length: int | None = None) -> list[Feature]:
         """Tokenize rows; pairs[i] None means a single text. Pairs are truncated longest-first."""
+        limit = min(max_length or self.max_length, self.max_length)
         if pairs is None or all(p is None for p in pairs):
-            return self._encode(texts, None)
+            return self._encode(texts, None, limit)
         features: list[Feature | None] = [None] * len(texts)
         singles = [i for i, p in enumerate(pairs) if p is None]
         doubles = [i for i, p in enumerate(pairs) if p is not None]
         for idx, feats in (
-            (singles, self._encode([texts[i] for i in singles], None)),
-            (doubles, self._encode([texts[i] for i in doubles], [pairs[i] for i in doubles])),
+            (singles, self._encode([texts[i] for i in singles], None, limit)),
+            (doubles, self._encode([texts[i] for i in doubles], [pairs[i] for i in doubles], limit)),
         ):
             for i, f in zip(idx, feats, strict=True):
                 features[i] = f
         return features  # type: ignore[return-value]
 
-    def _encode(self, texts: list[str], pairs: list[str | None] | None) -> list[Feature]:
+    def _encode(self, texts: list[str], pairs: list[str | None] | None, limit: int) -> list[Feature]:
         if not texts:
             return []
         enc = self.tokenizer(
-            texts, pairs, truncation=True, max_length=self.max_length,
+            texts, pairs, truncation=True, max_length=limit,
             return_offsets_mapping=True, return_attention_mask=False,
         )
         types = enc.get("token_type_ids") if self.uses_token_types else None

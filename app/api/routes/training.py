@@ -1,0 +1,106 @@
+"""POST /adapters: queue a training job from inline rows or an uploaded JSONL/CSV file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from app.adapters.store import validate_name
+from app.api.deps import ServicesDep
+from app.errors import InvalidInputError, PayloadTooLargeError
+from app.schemas.common import ErrorResponse
+from app.schemas.jobs import JobView, TrainRequestBody
+from app.training.data import parse_file
+from app.training.manager import TrainRequest
+
+router = APIRouter(prefix="/adapters", tags=["training"])
+
+MULTIPART_SCHEMA = {"type": "object", "required": ["name", "task_type", "file"], "properties": {
+    "name": {"type": "string"}, "task_type": {"type": "string"},
+    "labels": {"type": "string", "description": "JSON array or comma-separated"},
+    "config": {"type": "string", "description": "JSON object (TrainConfig)"},
+    "description": {"type": "string"},
+    "file": {"type": "string", "format": "binary", "description": "train rows, JSONL or CSV"},
+    "validation_file": {"type": "string", "format": "binary"},
+}}
+
+
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=JobView,
+    responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+               422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/TrainRequestBody"}},
+        "multipart/form-data": {"schema": MULTIPART_SCHEMA}}}},
+)
+async def train_adapter(request: Request, services: ServicesDep) -> JSONResponse:
+    """Fit a new adapter in the background; poll the job at the Location header."""
+    limit = services.settings.max_train_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request of {declared} bytes exceeds the training upload "
+                                   f"limit of {limit} (MAX_TRAIN_UPLOAD_BYTES)")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        fields = await _multipart_fields(request, limit)
+    else:
+        fields = await _json_fields(request, limit)
+    try:
+        body = TrainRequestBody.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    validate_name(body.name)
+    job = await asyncio.to_thread(services.jobs.submit, TrainRequest(
+        name=body.name, task_type=body.task_type, train=body.train, validation=body.validation,
+        labels=body.labels, config=body.config, description=body.description))
+    return JSONResponse(JobView.of(job).model_dump(mode="json"), status_code=202,
+                        headers={"Location": f"/jobs/{job.id}"})
+
+
+async def _json_fields(request: Request, limit: int) -> Any:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLargeError(f"request exceeds the training upload limit of {limit} "
+                                       f"bytes (MAX_TRAIN_UPLOAD_BYTES); upload a file instead")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"body is not valid JSON: {exc}") from exc
+
+
+async def _multipart_fields(request: Request, limit: int) -> dict[str, Any]:
+    form = await request.form(max_part_size=limit)
+    fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+    for key in ("labels", "config"):
+        if key in fields:
+            fields[key] = _json_or_list(key, fields[key])
+    for part, target in (("file", "train"), ("validation_file", "validation")):
+        upload = form.get(part)
+        if isinstance(upload, UploadFile):
+            data = await upload.read(limit + 1)
+            if len(data) > limit:
+                raise PayloadTooLargeError(f"{part} exceeds the limit of {limit} bytes")
+            fields[target] = parse_file(data, upload.filename, target)
+        elif part == "file":
+            raise InvalidInputError("multipart training needs the rows in a file part named 'file'")
+    return fields
+
+
+def _json_or_list(key: str, value: str) -> Any:
+    value = value.strip()
+    if value.startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{key} is not valid JSON: {exc.msg}") from exc
+    if key == "labels":
+        return [x.strip() for x in value.split(",") if x.strip()]
+    raise InvalidInputError(f"{key} must be a JSON object")

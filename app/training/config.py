@@ -1,0 +1,49 @@
+"""Training hyper-parameters: every field optional, with defaults that work out of the box."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.model.adapter import MAX_BOTTLENECK, AdapterConfig
+from app.model.heads import HeadConfig
+
+
+class TrainConfig(BaseModel):
+    """What `POST /adapters` accepts under "config" (and the CLI under --config-json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # adapter shape
+    bottleneck_size: int | None = Field(None, ge=1, le=MAX_BOTTLENECK,
+                                        description="Bottleneck width; overrides reduction_factor.")
+    reduction_factor: float = Field(16.0, ge=1, description="Bottleneck = hidden / reduction_factor.")
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    placement: Literal["pfeiffer", "houlsby"] = "pfeiffer"
+    # head
+    pooling: Literal["mean", "cls"] = Field("mean", description="How the head pools tokens.")
+    head_dropout: float = Field(0.1, ge=0, lt=1)
+    base_dropout: bool = Field(True, description="Keep the frozen base's own dropout on while training.")
+    # optimisation
+    epochs: int = Field(5, ge=1, le=100)
+    learning_rate: float = Field(2e-3, gt=0, le=1)
+    batch_size: int = Field(32, ge=1, le=1024)
+    max_seq_length: int = Field(128, ge=8, le=4096, description="Tokens per training example.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with rising LR.")
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    patience: int = Field(2, ge=1, description="Epochs without validation gain before stopping.")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5,
+                                       description="Held out from train when no validation set.")
+    seed: int = Field(42, ge=0)
+    max_train_seconds: float | None = Field(None, gt=0, description="Cap on training time.")
+
+    def adapter_config(self) -> AdapterConfig:
+        return AdapterConfig(bottleneck_size=self.bottleneck_size,
+                             reduction_factor=self.reduction_factor,
+                             activation=self.activation, placement=self.placement)
+
+    def head_config(self, task_type: str, labels: list[str]) -> HeadConfig:
+        return HeadConfig(task_type=task_type, labels=labels, pooling=self.pooling,  # type: ignore[arg-type]
+                          dropout=self.head_dropout)

@@ -1,0 +1,213 @@
+"""Training data: parse JSONL/CSV or inline rows, check every row, infer labels, split for validation."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import InvalidInputError
+
+TASK_TYPES = ("classification", "regression")
+
+
+@dataclass
+class Examples:
+    """Rows ready for training: texts, optional pairs, and targets (class index or value)."""
+
+    texts: list[str]
+    pairs: list[str | None]
+    targets: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx: list[int]) -> Examples:
+        return Examples([self.texts[i] for i in idx], [self.pairs[i] for i in idx],
+                        [self.targets[i] for i in idx])
+
+
+@dataclass
+class TrainingData:
+    task_type: str
+    labels: list[str]  # classification: index -> name; regression: empty
+    train: Examples
+    validation: Examples
+    validation_given: bool
+
+
+def parse_file(data: bytes, filename: str | None, what: str = "train") -> list[dict[str, Any]]:
+    """Rows of a JSONL (one object a line) or CSV (a header with text, text_pair, label) file."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{what} file is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    name = (filename or "").lower()
+    is_csv = name.endswith((".csv", ".tsv")) or (
+        not name.endswith((".jsonl", ".json", ".ndjson")) and not text.lstrip().startswith("{"))
+    rows = _parse_csv(text, what, "\t" if name.endswith(".tsv") else ",") if is_csv \
+        else _parse_jsonl(text, what)
+    if not rows:
+        raise InvalidInputError(f"{what} file holds no rows")
+    return rows
+
+
+def _parse_jsonl(text: str, what: str) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{what} file line {n} is not valid JSON: {exc.msg}") from exc
+        if not isinstance(row, dict):
+            raise InvalidInputError(f"{what} file line {n} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _parse_csv(text: str, what: str, delimiter: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    fields = reader.fieldnames or []
+    if "text" not in fields or "label" not in fields:
+        raise InvalidInputError(
+            f"{what} file is neither JSONL nor CSV with a header naming 'text' and 'label' "
+            f"(found columns {fields[:6]})")
+    try:
+        rows = [dict(r) for r in reader]
+    except csv.Error as exc:
+        raise InvalidInputError(f"{what} file is not valid CSV: {exc}") from exc
+    for r in rows:
+        if not r.get("text_pair"):
+            r.pop("text_pair", None)
+        r.pop(None, None)  # extra cells without a header
+    return rows
+
+
+def _check_rows(rows: list[Any], what: str, max_chars: int) -> tuple[list[str], list[str | None],
+                                                                     list[Any]]:
+    texts, pairs, labels = [], [], []
+    for i, row in enumerate(rows):
+        where = f"{what}[{i}]"
+        if not isinstance(row, dict):
+            raise InvalidInputError(f"{where} must be an object with text and label")
+        if "label" not in row or row["label"] is None:
+            raise InvalidInputError(f"{where} has no 'label'")
+        for key in ("text", "text_pair"):
+            value = row.get(key)
+            if key == "text_pair" and value is None:
+                continue
+            if not isinstance(value, str):
+                got = "nothing" if value is None else type(value).__name__
+                raise InvalidInputError(f"{where}.{key} must be a string, got {got}")
+            if not value.strip():
+                raise InvalidInputError(f"{where}.{key} is empty")
+            if len(value) > max_chars:
+                raise InvalidInputError(f"{where}.{key} has {len(value)} characters; the limit "
+                                        f"is {max_chars}")
+        texts.append(row["text"])
+        pairs.append(row.get("text_pair"))
+        labels.append(row["label"])
+    return texts, pairs, labels
+
+
+def _class_label(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | str):
+        return str(value)
+    raise InvalidInputError(f"{where}.label must be a string or integer class, got "
+                            f"{type(value).__name__}")
+
+
+def _value(value: Any, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{where}.label must be a number for regression, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise InvalidInputError(f"{where}.label must be a finite number, got {value!r}")
+    return number
+
+
+def _targets(raw: list[Any], task_type: str, labels: list[str], what: str) -> list[Any]:
+    if task_type == "regression":
+        return [_value(v, f"{what}[{i}]") for i, v in enumerate(raw)]
+    index = {name: i for i, name in enumerate(labels)}
+    out = []
+    for i, v in enumerate(raw):
+        name = _class_label(v, f"{what}[{i}]")
+        if name not in index:
+            raise InvalidInputError(f"{what}[{i}].label {name!r} is not one of the labels {labels}")
+        out.append(index[name])
+    return out
+
+
+def prepare(task_type: str, train_rows: list[Any], validation_rows: list[Any] | None,
+            labels: list[str] | None, validation_fraction: float, seed: int, max_rows: int,
+            max_chars: int) -> TrainingData:
+    """Check everything a user can get wrong, with the row and field in the message."""
+    if task_type not in TASK_TYPES:
+        raise InvalidInputError(f"task_type must be one of {list(TASK_TYPES)}, got {task_type!r}")
+    if not train_rows:
+        raise InvalidInputError("train is empty: send labelled rows")
+    total = len(train_rows) + len(validation_rows or [])
+    if total > max_rows:
+        raise InvalidInputError(f"{total} rows exceed the limit of {max_rows} (MAX_TRAIN_ROWS)")
+    texts, pairs, raw = _check_rows(train_rows, "train", max_chars)
+    if task_type == "regression":
+        if labels:
+            raise InvalidInputError("labels are for classification; a regression adapter has none")
+        labels = []
+    else:
+        seen = list(dict.fromkeys(_class_label(v, f"train[{i}]") for i, v in enumerate(raw)))
+        if labels is not None and (
+                len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels)):
+            raise InvalidInputError(f"labels must be distinct non-empty strings, got {labels}")
+        labels = list(labels) if labels else sorted(seen)
+        if len(seen) < 2:
+            raise InvalidInputError(f"train has only one class ({seen[0]!r}); a classifier needs "
+                                    f"examples of at least two")
+    train = Examples(texts, pairs, _targets(raw, task_type, labels, "train"))
+    if validation_rows:
+        vt, vp, vr = _check_rows(validation_rows, "validation", max_chars)
+        validation = Examples(vt, vp, _targets(vr, task_type, labels, "validation"))
+        return TrainingData(task_type, labels, train, validation, True)
+    train_idx, val_idx = split(train.targets, task_type, validation_fraction, seed)
+    return TrainingData(task_type, labels, train.subset(train_idx), train.subset(val_idx), False)
+
+
+def split(targets: list[Any], task_type: str, fraction: float, seed: int
+          ) -> tuple[list[int], list[int]]:
+    """Seeded hold-out, stratified by class (regression: by value quantile)."""
+    if len(targets) < 4:
+        raise InvalidInputError(f"train has {len(targets)} rows; at least 4 are needed to hold "
+                                f"some out for validation (or send a validation set)")
+    rng = random.Random(seed)
+    if task_type == "classification":
+        strata = targets
+    else:  # five quantile bins keep the value range in both parts
+        order = sorted(range(len(targets)), key=targets.__getitem__)
+        strata = [0] * len(targets)
+        for rank, i in enumerate(order):
+            strata[i] = rank * 5 // len(targets)
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for i, s in enumerate(strata):
+        groups[s].append(i)
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for _, members in sorted(groups.items()):
+        rng.shuffle(members)
+        n_val = round(len(members) * fraction)
+        n_val = min(max(1, n_val), len(members) - 1) if len(members) >= 2 else 0
+        val_idx += members[:n_val]
+        train_idx += members[n_val:]
+    if not val_idx:
+        val_idx.append(train_idx.pop())
+    return sorted(train_idx), sorted(val_idx)

@@ -1,0 +1,238 @@
+"""Training jobs on disk (SQLite): their state, progress, history and input data.
+
+Shared by the API process (submits, cancels, reads) and the worker processes (claim, report,
+finish). WAL mode lets a worker write progress while the API reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.errors import ServiceError
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+ACTIVE = (QUEUED, RUNNING)
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    spec TEXT NOT NULL,              -- labels, config, description, row counts (JSON)
+    progress TEXT,                   -- latest Progress (JSON)
+    history TEXT NOT NULL DEFAULT '[]',  -- validation metrics per epoch (JSON list)
+    result TEXT,                     -- best epoch, metrics, stop reason (JSON)
+    adapter_version INTEGER,
+    error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker_pid INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at);
+CREATE TABLE IF NOT EXISTS job_data (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    payload BLOB NOT NULL            -- zlib-compressed JSON: train and validation rows
+);
+"""
+
+
+class NameInTrainingError(ServiceError):
+    status_code = 409
+    code = "name_in_training"
+
+
+class JobQueueFullError(ServiceError):
+    status_code = 429
+    code = "job_queue_full"
+
+
+class JobNotFoundError(ServiceError):
+    status_code = 404
+    code = "job_not_found"
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    task_type: str
+    status: str
+    created_at: float
+    spec: dict[str, Any]
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    adapter_version: int | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    worker_pid: int | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        d = dict(row)
+        for key in ("spec", "progress", "history", "result"):
+            d[key] = json.loads(d[key]) if d[key] is not None else None
+        d["cancel_requested"] = bool(d["cancel_requested"])
+        return cls(**d)
+
+
+class JobDB:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys=ON")
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # ------------------------------------------------------------------------- API process
+    def create(self, name: str, task_type: str, spec: dict[str, Any], payload: dict[str, Any],
+               max_queued: int) -> Job:
+        """Queue a job, unless that name is already being trained or the queue is full."""
+        job = Job(uuid.uuid4().hex, name, task_type, QUEUED, time.time(), spec)
+        blob = zlib.compress(json.dumps(payload).encode(), 3)
+        with self._transaction() as db:
+            busy = db.execute("SELECT id FROM jobs WHERE name = ? AND status IN (?, ?)",
+                              (name, *ACTIVE)).fetchone()
+            if busy:
+                raise NameInTrainingError(
+                    f"adapter {name!r} is already being trained by job {busy['id']}; wait for it "
+                    f"or cancel it (DELETE /jobs/{busy['id']})", job_id=busy["id"])
+            (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?",
+                                   (QUEUED,)).fetchone()
+            if queued >= max_queued:
+                raise JobQueueFullError(f"{queued} training jobs are waiting (limit {max_queued}); "
+                                        f"retry when some have finished")
+            db.execute("INSERT INTO jobs (id, name, task_type, status, created_at, spec) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       (job.id, name, task_type, QUEUED, job.created_at, json.dumps(spec)))
+            db.execute("INSERT INTO job_data (job_id, payload) VALUES (?, ?)", (job.id, blob))
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no training job {job_id!r}; GET /jobs lists them")
+        return Job.from_row(row)
+
+    def list(self, status: str | None = None, limit: int = 100) -> list[Job]:
+        query, args = "SELECT * FROM jobs", []
+        if status:
+            query, args = query + " WHERE status = ?", [status]
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY created_at DESC LIMIT ?", (*args, limit))
+            return [Job.from_row(r) for r in rows.fetchall()]
+
+    def claim_next(self) -> Job | None:
+        """The oldest queued job, now marked running (None when the queue is empty)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM jobs WHERE status = ? ORDER BY created_at LIMIT 1",
+                             (QUEUED,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET status = ?, started_at = ?, progress = NULL, "
+                       "history = '[]' WHERE id = ?", (RUNNING, time.time(), row["id"]))
+        return self.get(row["id"])
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Queued jobs are cancelled at once; running ones are told to stop."""
+        with self._transaction() as db:
+            cur = db.execute("UPDATE jobs SET status = ?, finished_at = ? WHERE id = ? AND status = ?",
+                             (CANCELLED, time.time(), job_id, QUEUED))
+            if cur.rowcount:
+                db.execute("DELETE FROM job_data WHERE job_id = ?", (job_id,))
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = ?",
+                       (job_id, RUNNING))
+        return self.get(job_id)
+
+    def fail_running(self, reason: str) -> list[str]:
+        """After a crash: every job that was running is failed with `reason`."""
+        with self._transaction() as db:
+            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = ?", (RUNNING,))]
+            db.execute("UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE status = ?",
+                       (FAILED, reason, time.time(), RUNNING))
+        return ids
+
+    def requeue(self, job_id: str) -> None:
+        """A graceful shutdown interrupted this job: it runs again from the start later."""
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET status = ?, started_at = NULL, progress = NULL, "
+                       "history = '[]', worker_pid = NULL WHERE id = ? AND status = ?",
+                       (QUEUED, job_id, RUNNING))
+
+    # ----------------------------------------------------------------------- worker process
+    def payload(self, job_id: str) -> dict[str, Any]:
+        with self._connect() as db:
+            row = db.execute("SELECT payload FROM job_data WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"training data of job {job_id} is gone")
+        return json.loads(zlib.decompress(row["payload"]))
+
+    def set_worker(self, job_id: str, pid: int) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET worker_pid = ? WHERE id = ?", (pid, job_id))
+
+    def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
+
+    def report_epoch(self, job_id: str, record: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET history = json_insert(history, '$[#]', json(?)) "
+                       "WHERE id = ?", (json.dumps(record), job_id))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._connect() as db:
+            row = db.execute("SELECT cancel_requested, status FROM jobs WHERE id = ?",
+                             (job_id,)).fetchone()
+        return row is None or bool(row["cancel_requested"]) or row["status"] != RUNNING
+
+    def finish(self, job_id: str, status: str, error: str | None = None,
+               adapter_version: int | None = None, result: dict[str, Any] | None = None) -> bool:
+        """Move a running job to a terminal state; False if it was not running any more."""
+        assert status in TERMINAL
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = ?, error = ?, adapter_version = ?, result = ?, "
+                "finished_at = ? WHERE id = ? AND status = ?",
+                (status, error, adapter_version, json.dumps(result) if result else None,
+                 time.time(), job_id, RUNNING))
+            if cur.rowcount:
+                db.execute("DELETE FROM job_data WHERE job_id = ?", (job_id,))
+        return bool(cur.rowcount)

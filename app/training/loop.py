@@ -1,0 +1,242 @@
+"""The training loop: a pure function of (frozen encoder, data, config) -> the best adapter + head."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from app.model.adapter import AdapterSet
+from app.model.encoder import FrozenEncoder
+from app.model.heads import Head, build_head
+from app.model.tokenization import Feature
+from app.training.config import TrainConfig
+from app.training.data import Examples, TrainingData
+from app.training.metrics import classification_metrics, regression_metrics
+
+log = logging.getLogger(__name__)
+POOL_BATCHES = 50  # batches drawn together and sorted by length: little padding, still shuffled
+EVAL_BATCH_SIZE = 64
+
+
+class TrainingCancelled(Exception):
+    """should_stop() said so; nothing is returned and nothing must be stored."""
+
+
+@dataclass
+class Progress:
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int
+    loss: float
+    elapsed: float
+
+    @property
+    def fraction(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        return self.elapsed * (1 - self.fraction) / self.fraction if self.step else None
+
+
+@dataclass
+class TrainResult:
+    adapter: AdapterSet
+    head: Head
+    history: list[dict[str, Any]]  # per epoch: epoch, train_loss, validation metrics
+    best_epoch: int
+    best_metrics: dict[str, float]
+    stop_reason: str  # "completed", "early stopping", "time limit"
+    train_seconds: float
+    examples_seen: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples_seen / self.train_seconds if self.train_seconds else 0.0
+
+
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar-length rows."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    pool = batch_size * POOL_BATCHES
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lengths.__getitem__)
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def primary_metric(task_type: str, metrics: dict[str, float]) -> tuple[float, float]:
+    """Higher is better; the second number breaks ties."""
+    if task_type == "classification":
+        return metrics["accuracy"], metrics["macro_f1"]
+    return metrics["pearson"], -metrics["mse"]
+
+
+def _target_tensor(targets: list[Any], task_type: str) -> Tensor:
+    return torch.tensor(targets, dtype=torch.long if task_type == "classification" else torch.float32)
+
+
+@torch.inference_mode()
+def predict_outputs(encoder: FrozenEncoder, adapter: AdapterSet, head: Head,
+                    features: list[Feature]) -> Tensor:
+    """Head outputs (probabilities or values) for every feature, in order."""
+    adapter.eval()
+    head.eval()
+    encoder.model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]))
+    outputs: list[Tensor | None] = [None] * len(features)
+    for start in range(0, len(order), EVAL_BATCH_SIZE):
+        idx = order[start:start + EVAL_BATCH_SIZE]
+        batch = encoder.tokenizer.collate([features[i] for i in idx]).to(encoder.device)
+        out = head.predict(encoder.forward(batch, adapter), batch.attention_mask).float().cpu()
+        for j, i in enumerate(idx):
+            outputs[i] = out[j]
+    return torch.stack(outputs)  # type: ignore[arg-type]
+
+
+def evaluate(encoder: FrozenEncoder, adapter: AdapterSet, head: Head, features: list[Feature],
+             examples: Examples, task_type: str, num_labels: int) -> dict[str, float]:
+    out = predict_outputs(encoder, adapter, head, features)
+    if task_type == "classification":
+        return classification_metrics(examples.targets, out.argmax(-1).tolist(), num_labels)
+    return regression_metrics(examples.targets, out.tolist())
+
+
+def _optimizer(adapter: AdapterSet, head: Head, config: TrainConfig, total_steps: int
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    params = [*adapter.named_parameters(), *head.named_parameters()]
+    groups = [
+        {"params": [p for n, p in params if not n.endswith("bias")],
+         "weight_decay": config.weight_decay},
+        {"params": [p for n, p in params if n.endswith("bias")], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    warmup = max(1, int(total_steps * config.warmup_ratio))
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def train_adapter(encoder: FrozenEncoder, data: TrainingData, config: TrainConfig,
+                  on_progress: Callable[[Progress], None] | None = None,
+                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Fit a fresh adapter + head on data.train, keep the epoch best on data.validation."""
+    torch.manual_seed(config.seed)
+    trainer = _Trainer(encoder, data, config, on_progress, on_epoch, should_stop)
+    try:
+        return trainer.fit()
+    finally:
+        encoder.model.eval()
+
+
+class _Trainer:
+    """The state of one training run; fit() is the loop."""
+
+    def __init__(self, encoder: FrozenEncoder, data: TrainingData, config: TrainConfig,
+                 on_progress: Callable[[Progress], None] | None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None,
+                 should_stop: Callable[[], bool] | None) -> None:
+        self.encoder, self.data, self.config = encoder, data, config
+        self.on_progress, self.on_epoch, self.should_stop = on_progress, on_epoch, should_stop
+        self.rng = random.Random(config.seed)
+        info = encoder.info
+        self.adapter = AdapterSet(config.adapter_config(), info.hidden_size, info.num_layers)
+        self.head = build_head(config.head_config(data.task_type, data.labels), info.hidden_size)
+        self.adapter.to(encoder.device)
+        self.head.to(encoder.device)
+        tok = encoder.tokenizer
+        self.train_feats = tok.encode(data.train.texts, data.train.pairs, config.max_seq_length)
+        self.val_feats = tok.encode(data.validation.texts, data.validation.pairs,
+                                    config.max_seq_length)
+        self.targets = _target_tensor(data.train.targets, data.task_type)
+        self.total_steps = math.ceil(len(self.train_feats) / config.batch_size) * config.epochs
+        self.optimizer, self.scheduler = _optimizer(self.adapter, self.head, config,
+                                                    self.total_steps)
+        self.step = self.seen = 0
+        self.start = time.perf_counter()
+
+    def fit(self) -> TrainResult:
+        history: list[dict[str, Any]] = []
+        best: tuple[tuple[float, float], int, dict[str, Tensor], dict[str, Tensor]] | None = None
+        stop_reason, stale = "completed", 0
+        for epoch in range(1, self.config.epochs + 1):
+            losses, timed_out = self._epoch(epoch)
+            metrics = evaluate(self.encoder, self.adapter, self.head, self.val_feats,
+                               self.data.validation, self.data.task_type, len(self.data.labels))
+            record = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), **metrics}
+            history.append(record)
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+            log.info("epoch %d: %s", epoch, record)
+            score = primary_metric(self.data.task_type, metrics)
+            if best is None or score > best[0]:
+                best = (score, epoch, _copy(self.adapter), _copy(self.head))
+                stale = 0
+            else:
+                stale += 1
+            if timed_out:
+                stop_reason = "time limit"
+                break
+            if stale >= self.config.patience and epoch < self.config.epochs:
+                stop_reason = "early stopping"
+                break
+        assert best is not None
+        self.adapter.load_state_dict(best[2])
+        self.head.load_state_dict(best[3])
+        self.adapter.eval()
+        self.head.eval()
+        return TrainResult(self.adapter, self.head, history, best[1], history[best[1] - 1],
+                           stop_reason, time.perf_counter() - self.start, self.seen)
+
+    def _epoch(self, epoch: int) -> tuple[list[float], bool]:
+        """One pass over the training data; returns the losses and whether time ran out."""
+        cfg, enc = self.config, self.encoder
+        self.adapter.train()
+        self.head.train()
+        # Dropout inside the frozen base regularises the adapter (its weights never change).
+        enc.model.train(cfg.base_dropout)
+        losses: list[float] = []
+        for idx in length_batches([len(f) for f in self.train_feats], cfg.batch_size, self.rng):
+            if self.should_stop is not None and self.should_stop():
+                raise TrainingCancelled()
+            batch = enc.tokenizer.collate([self.train_feats[i] for i in idx]).to(enc.device)
+            outputs = self.head(enc.forward(batch, self.adapter), batch.attention_mask)
+            loss = self.head.loss(outputs, self.targets[idx].to(enc.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([*self.adapter.parameters(), *self.head.parameters()],
+                                           cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.seen += len(idx)
+            losses.append(loss.detach().item())
+            elapsed = time.perf_counter() - self.start
+            if self.on_progress is not None:
+                self.on_progress(Progress(epoch, cfg.epochs, self.step, self.total_steps,
+                                          losses[-1], elapsed))
+            if cfg.max_train_seconds and elapsed > cfg.max_train_seconds:
+                return losses, True
+        return losses, False
+
+
+def _copy(module: torch.nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

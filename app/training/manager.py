@@ -1,0 +1,171 @@
+"""The job queue in the API process: submit, cancel, and one worker process per running job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from app.config import Settings
+from app.training.config import TrainConfig
+from app.training.data import prepare
+from app.training.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobDB
+from app.training.worker import run_job
+
+log = logging.getLogger(__name__)
+DISPATCH_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    name: str
+    task_type: str
+    train: list[Any]
+    validation: list[Any] | None = None
+    labels: list[str] | None = None
+    config: TrainConfig = field(default_factory=TrainConfig)
+    description: str = ""
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"the training worker was killed by {name}{hint}; nothing was stored"
+    return f"the training worker exited with code {exitcode} without a result; nothing was stored"
+
+
+class JobManager:
+    """Runs queued jobs, at most `training_concurrency` at a time, each in its own process."""
+
+    def __init__(self, settings: Settings, on_stored: Callable[[str, int], object]) -> None:
+        self.settings = settings
+        self.db = JobDB(settings.jobs_db_path)
+        self._on_stored = on_stored
+        self._procs: dict[str, BaseProcess] = {}
+        self._cancel_seen: dict[str, float] = {}
+        self._ctx = multiprocessing.get_context("spawn")
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+
+    # ------------------------------------------------------------------------------- API
+    def submit(self, req: TrainRequest) -> Job:
+        """Check the data as the worker will (so bad input is a 4xx now), then queue it."""
+        s = self.settings
+        data = prepare(req.task_type, req.train, req.validation, req.labels,
+                       req.config.validation_fraction, req.config.seed, s.max_train_rows,
+                       s.max_text_chars)
+        spec = {"labels": data.labels if req.task_type == "classification" else None,
+                "config": req.config.model_dump(exclude_unset=True),
+                "description": req.description, "train_rows": len(req.train),
+                "validation_rows": len(req.validation or [])}
+        job = self.db.create(req.name, req.task_type, spec,
+                             {"train": req.train, "validation": req.validation},
+                             s.max_queued_jobs)
+        self._wakeup.set()
+        log.info("queued training job %s for adapter %s", job.id, req.name)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """The job; once it has succeeded, its adapter is served before anyone hears so."""
+        job = self.db.get(job_id)
+        self._announce(job)
+        return job
+
+    def list(self, status: str | None = None, limit: int = 100) -> list[Job]:
+        jobs = self.db.list(status, limit)
+        for job in jobs:
+            self._announce(job)
+        return jobs
+
+    def _announce(self, job: Job) -> None:
+        if job.status == SUCCEEDED and job.adapter_version is not None:
+            self._on_stored(job.name, job.adapter_version)
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.db.request_cancel(job_id)
+        self._wakeup.set()
+        return job
+
+    # -------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        failed = self.db.fail_running(
+            "interrupted: the service stopped while this job was running; nothing was stored")
+        for job_id in failed:
+            log.warning("job %s was running when the service stopped: marked failed", job_id)
+        self._task = asyncio.create_task(self._run(), name="job-dispatch")
+
+    async def stop(self) -> None:
+        """Stop workers; their jobs go back to the queue and run again after a restart."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job_id, proc in list(self._procs.items()):
+            proc.terminate()
+            await asyncio.to_thread(proc.join, 10)
+            if proc.is_alive():
+                proc.kill()
+                await asyncio.to_thread(proc.join)
+            self.db.requeue(job_id)
+            log.info("job %s interrupted by shutdown: queued again", job_id)
+        self._procs.clear()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._tick)
+            except Exception:  # a bad moment on disk must not stop the queue
+                log.exception("job dispatch failed")
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), DISPATCH_INTERVAL_S)
+
+    def _tick(self) -> None:
+        self._reap()
+        self._enforce_cancels()
+        while len(self._procs) < self.settings.training_concurrency:
+            job = self.db.claim_next()
+            if job is None:
+                break
+            self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        proc = self._ctx.Process(
+            target=run_job, name=f"train-{job.id[:8]}", daemon=True,
+            args=(job.id, self.settings.model_dump(mode="json"), os.getpid()))
+        proc.start()
+        self._procs[job.id] = proc
+        log.info("job %s started in worker pid %s", job.id, proc.pid)
+
+    def _reap(self) -> None:
+        for job_id, proc in list(self._procs.items()):
+            if proc.is_alive():
+                continue
+            proc.join()
+            del self._procs[job_id]
+            self._cancel_seen.pop(job_id, None)
+            job = self.db.get(job_id)
+            if job.status == RUNNING:  # the worker died before it could say how it ended
+                status = CANCELLED if job.cancel_requested else FAILED
+                self.db.finish(job_id, status, error=_exit_reason(proc.exitcode))
+            self._announce(job)
+            log.info("job %s ended: %s", job_id, self.db.get(job_id).status)
+
+    def _enforce_cancels(self) -> None:
+        now = time.monotonic()
+        for job_id, proc in self._procs.items():
+            if not self.db.get(job_id).cancel_requested:
+                continue
+            first = self._cancel_seen.setdefault(job_id, now)
+            if now - first > self.settings.cancel_grace_seconds and proc.is_alive():
+                log.warning("job %s did not stop after cancel: killing its worker", job_id)
+                proc.kill()

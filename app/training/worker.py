@@ -1,0 +1,123 @@
+"""The training worker: one process per job, so a crash or OOM in training never reaches the API."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from app.adapters.format import AdapterMetadata, join, new_metadata
+from app.adapters.store import AdapterStore
+from app.config import Settings
+from app.errors import ServiceError
+from app.model.encoder import FrozenEncoder
+from app.training.config import TrainConfig
+from app.training.data import TrainingData, prepare
+from app.training.jobs import CANCELLED, FAILED, SUCCEEDED, JobDB
+from app.training.loop import Progress, TrainingCancelled, TrainResult, train_adapter
+
+log = logging.getLogger(__name__)
+REPORT_EVERY_S = 0.5
+
+
+def train_and_store(encoder: FrozenEncoder, store: AdapterStore, name: str, data: TrainingData,
+                    config: TrainConfig, description: str = "",
+                    before_save: Callable[[], None] | None = None, **callbacks: Any
+                    ) -> tuple[AdapterMetadata, TrainResult]:
+    """Train, then store the best epoch as a new version of `name` (used by worker and CLI)."""
+    result = train_adapter(encoder, data, config, **callbacks)
+    metrics = {"validation": result.best_metrics, "best_epoch": result.best_epoch,
+               "history": result.history, "stop_reason": result.stop_reason,
+               "train_examples": len(data.train), "validation_examples": len(data.validation),
+               "train_seconds": round(result.train_seconds, 2),
+               "train_examples_per_second": round(result.examples_per_second, 1),
+               "config": config.model_dump()}
+    meta = new_metadata(name, result.head.config, result.adapter.config, encoder.info, metrics,
+                        description)
+    if before_save is not None:
+        before_save()
+    stored = store.save(meta, join(result.adapter.state_dict(), result.head.state_dict()))
+    return stored, result
+
+
+class _Throttle:
+    """Call at most every `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.last = seconds, 0.0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self.last >= self.seconds:
+            self.last = now
+            return True
+        return False
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the API process dies, so no orphan keeps training."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_job(job_id: str, settings_json: dict[str, Any], parent_pid: int) -> None:
+    """Process entry point: train one claimed job and record how it ended."""
+    _die_with_parent()
+    settings = Settings(**settings_json)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s worker[{job_id[:8]}] %(message)s")
+    os.nice(settings.train_nice)
+    torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)
+    db = JobDB(settings.jobs_db_path)
+    db.set_worker(job_id, os.getpid())
+    progress, cancel = _Throttle(REPORT_EVERY_S), _Throttle(REPORT_EVERY_S)
+
+    def on_progress(p: Progress) -> None:
+        if progress.ready() or p.step == p.total_steps:
+            db.report_progress(job_id, {
+                "epoch": p.epoch, "epochs": p.epochs, "step": p.step,
+                "total_steps": p.total_steps, "fraction": round(p.fraction, 4),
+                "eta_seconds": None if p.eta_seconds is None else round(p.eta_seconds, 1),
+                "train_loss": round(p.loss, 5), "elapsed_seconds": round(p.elapsed, 1)})
+
+    def should_stop() -> bool:
+        if os.getppid() != parent_pid:
+            return True
+        return cancel.ready() and db.cancel_requested(job_id)
+
+    def before_save() -> None:
+        if os.getppid() != parent_pid or db.cancel_requested(job_id):
+            raise TrainingCancelled()
+
+    try:
+        job = db.get(job_id)
+        payload = db.payload(job_id)
+        config = TrainConfig(**job.spec.get("config", {}))
+        data = prepare(job.task_type, payload["train"], payload.get("validation"),
+                       job.spec.get("labels"), config.validation_fraction, config.seed,
+                       settings.max_train_rows, settings.max_text_chars)
+        # Training always runs in float32; the served dtype may be half precision.
+        encoder = FrozenEncoder.load(settings.base_model, settings.device, "float32",
+                                     settings.max_seq_length)
+        stored, result = train_and_store(
+            encoder, AdapterStore(settings.adapters_dir), job.name, data, config,
+            job.spec.get("description", ""), before_save, on_progress=on_progress,
+            on_epoch=lambda r: db.report_epoch(job_id, r), should_stop=should_stop)
+        db.finish(job_id, SUCCEEDED, adapter_version=stored.version, result={
+            "best_epoch": result.best_epoch, "metrics": result.best_metrics,
+            "stop_reason": result.stop_reason, "train_seconds": round(result.train_seconds, 2),
+            "train_examples_per_second": round(result.examples_per_second, 1)})
+    except TrainingCancelled:
+        db.finish(job_id, CANCELLED, error="cancelled on request; nothing was stored")
+    except ServiceError as exc:
+        db.finish(job_id, FAILED, error=exc.message)
+    except Exception as exc:  # anything else: recorded with its type, and logged in full
+        log.exception("training job %s failed", job_id)
+        db.finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
