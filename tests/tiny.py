@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 WORDS = (
@@ -21,7 +22,10 @@ def build_tiny_bert(directory: Path, seed: int = 0) -> Path:
              *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz"]
     vocab_file = directory / "vocab.txt"
     vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    if int(transformers.__version__.split(".")[0]) >= 5:  # v5 takes the vocabulary itself
+        tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(dict.fromkeys(vocab))})
+    else:
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
     tokenizer.save_pretrained(directory)
     torch.manual_seed(seed)
     config = BertConfig(
