@@ -1,0 +1,221 @@
+"""Training through the API: job lifecycle in worker processes, cancel, crashes, restarts, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.adapters.store import AdapterStore
+from app.config import Settings
+from app.main import create_app
+from app.training.jobs import JobDB
+from tests.unit.test_training_loop import sentiment_rows
+
+QUICK = {"epochs": 3, "learning_rate": 0.03, "batch_size": 8, "bottleneck_size": 16,
+         "base_dropout": False}
+SLOW = {**QUICK, "epochs": 100, "patience": 100}
+
+
+@pytest.fixture
+def train_settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
+    return Settings(base_model=str(tiny_model_dir), adapters_dir=tmp_path / "store",
+                    store_poll_seconds=0, num_threads=1, train_threads=1, train_nice=0,
+                    cancel_grace_seconds=5, max_train_rows=500, max_train_upload_bytes=200_000)
+
+
+@pytest.fixture
+def api(train_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(train_settings)) as client:
+        yield client
+
+
+def _submit(client: TestClient, name: str = "senti", config: dict | None = None,
+            rows: int = 64, **extra: Any) -> dict:
+    body = {"name": name, "task_type": "classification", "train": sentiment_rows(rows),
+            "config": config or QUICK, **extra}
+    r = client.post("/adapters", json=body)
+    assert r.status_code == 202, r.text
+    assert r.headers["Location"] == f"/jobs/{r.json()['job_id']}"
+    return r.json()
+
+
+def _wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: float = 120,
+          predicate=lambda job: True) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in until and predicate(job):
+            return job
+        assert time.monotonic() < deadline, f"job stuck: {job}"
+        time.sleep(0.1)
+
+
+def test_lifecycle_train_then_serve_without_restart(api: TestClient) -> None:
+    job = _submit(api)
+    assert job["status"] == "queued" and job["labels"] == ["neg", "pos"]
+    seen = {job["status"]}
+    running = _wait(api, job["job_id"], ("running", "succeeded"))
+    seen.add(running["status"])
+    done = _wait(api, job["job_id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    assert seen == {"queued", "running"} or "succeeded" in seen
+    assert done["adapter"] == {"name": "senti", "version": 1}
+    assert [m["epoch"] for m in done["metrics"]] == [1, 2, 3]
+    assert {"accuracy", "macro_f1"} <= set(done["metrics"][0])
+    assert done["progress"]["step"] == done["progress"]["total_steps"] > 0
+    assert done["progress"]["fraction"] == 1.0
+    assert done["started_at"] and done["finished_at"] and done["error"] is None
+
+    r = api.post("/predict/senti", json={"inputs": ["the film was great", "awful"]})
+    assert r.status_code == 200 and r.json()["version"] == 1
+    meta = api.get("/adapters/senti").json()
+    assert meta["metrics"]["best_epoch"] == done["result"]["best_epoch"]
+    assert [j["job_id"] for j in api.get("/jobs").json()["jobs"]] == [job["job_id"]]
+    assert api.get("/jobs", params={"status": "failed"}).json()["jobs"] == []
+
+    events = api.get(f"/jobs/{job['job_id']}/events").text
+    assert events.rstrip().endswith('data: {"status": "succeeded"}')
+    assert json.loads(events.split("data: ")[1].split("\n")[0])["status"] == "succeeded"
+
+
+def test_multipart_jsonl_and_csv_uploads(api: TestClient) -> None:
+    rows = sentiment_rows(40)
+    jsonl = "\n".join(json.dumps(r) for r in rows).encode()
+    csv = ("text,label\n" + "\n".join(f"{r['text']},{r['label']}" for r in rows)).encode()
+    first = api.post("/adapters", data={"name": "up", "task_type": "classification",
+                                        "config": json.dumps({**QUICK, "epochs": 1}),
+                                        "labels": "neg,pos"},
+                     files={"file": ("rows.jsonl", jsonl)})
+    assert first.status_code == 202, first.text
+    assert _wait(api, first.json()["job_id"], ("succeeded", "failed"))["status"] == "succeeded"
+    second = api.post("/adapters", data={"name": "up", "task_type": "classification",
+                                         "config": json.dumps({**QUICK, "epochs": 1})},
+                      files={"file": ("rows.csv", csv), "validation_file": ("v.csv", csv)})
+    assert second.status_code == 202, second.text
+    assert second.json()["validation_rows"] == 40
+    done = _wait(api, second.json()["job_id"], ("succeeded", "failed"))
+    assert done["adapter"] == {"name": "up", "version": 2}
+
+
+def test_cancel_running_job_stores_nothing(api: TestClient, train_settings: Settings) -> None:
+    job = _submit(api, config=SLOW)
+    _wait(api, job["job_id"], ("running",), predicate=lambda j: j["progress"] is not None)
+    r = api.delete(f"/jobs/{job['job_id']}")
+    assert r.status_code == 200 and r.json()["cancel_requested"] is True
+    t0 = time.monotonic()
+    done = _wait(api, job["job_id"], ("cancelled", "failed", "succeeded"), timeout=30)
+    assert done["status"] == "cancelled" and time.monotonic() - t0 < 10
+    assert "nothing was stored" in done["error"]
+    assert AdapterStore(train_settings.adapters_dir).versions("senti") == []
+    # the name is free again
+    assert _submit(api, config={**QUICK, "epochs": 1})["status"] == "queued"
+
+
+def test_cancel_queued_job(api: TestClient) -> None:
+    first = _submit(api, name="first", config=SLOW)
+    second = _submit(api, name="second")
+    assert api.delete(f"/jobs/{second['job_id']}").json()["status"] == "cancelled"
+    api.delete(f"/jobs/{first['job_id']}")
+    _wait(api, first["job_id"], ("cancelled",), timeout=30)
+    assert api.get(f"/jobs/{second['job_id']}").json()["started_at"] is None
+
+
+def test_killed_worker_fails_the_job_with_a_reason(api: TestClient, train_settings: Settings
+                                                   ) -> None:
+    job = _submit(api, config=SLOW)
+    _wait(api, job["job_id"], ("running",), predicate=lambda j: j["progress"] is not None)
+    pid = JobDB(train_settings.jobs_db_path).get(job["job_id"]).worker_pid
+    assert pid and pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    done = _wait(api, job["job_id"], ("failed", "succeeded", "cancelled"), timeout=30)
+    assert done["status"] == "failed"
+    assert "killed by SIGKILL" in done["error"] and "nothing was stored" in done["error"]
+    store = AdapterStore(train_settings.adapters_dir)
+    assert store.versions("senti") == []
+    assert not list(store.root.glob("senti/.tmp-*"))
+    assert api.get("/healthz").status_code == 200
+
+
+def test_restart_recovery(train_settings: Settings) -> None:
+    db = JobDB(train_settings.jobs_db_path)
+    payload = {"train": sentiment_rows(32), "validation": None}
+    spec = {"labels": ["neg", "pos"], "config": {**QUICK, "epochs": 1}}
+    crashed = db.create("crashed", "classification", spec, payload, 10)
+    db.claim_next()  # it was running when the process died
+    waiting = db.create("waiting", "classification", spec, payload, 10)
+    with TestClient(create_app(train_settings)) as client:
+        lost = client.get(f"/jobs/{crashed.id}").json()
+        assert lost["status"] == "failed" and "service stopped while this job was running" in lost["error"]
+        done = _wait(client, waiting.id, ("succeeded", "failed"))
+        assert done["status"] == "succeeded", done["error"]
+        assert client.post("/predict/waiting", json={"inputs": "good"}).status_code == 200
+
+
+def test_graceful_shutdown_requeues_the_running_job(train_settings: Settings) -> None:
+    with TestClient(create_app(train_settings)) as client:
+        job = _submit(client, config=SLOW)
+        _wait(client, job["job_id"], ("running",))
+    assert JobDB(train_settings.jobs_db_path).get(job["job_id"]).status == "queued"
+
+
+@pytest.mark.parametrize(("body", "status", "code", "message"), [
+    ({"name": "../x"}, 422, "invalid_name", "invalid adapter name"),
+    ({"name": "Caps"}, 422, "invalid_name", "invalid adapter name"),
+    ({"train": []}, 422, "invalid_input", "train is empty"),
+    ({"train": [{"text": "a", "label": "x"}] * 8}, 422, "invalid_input", "only one class"),
+    ({"labels": ["neg"]}, 422, "invalid_input", "is not one of the labels"),
+    ({"train": [{"text": 3, "label": "a"}]}, 422, "invalid_input", "must be a string, got int"),
+    ({"train": [{"label": "a"}]}, 422, "invalid_input", "must be a string, got nothing"),
+    ({"task_type": "clustering"}, 422, "validation_error", "task_type"),
+    ({"config": {"epochs": 0}}, 422, "validation_error", "config.epochs"),
+    ({"config": {"learning_rate": "fast"}}, 422, "validation_error", "config.learning_rate"),
+    ({"config": {"unknown": 1}}, 422, "validation_error", "config.unknown"),
+    ({"train": sentiment_rows(600)}, 422, "invalid_input", "exceed the limit of 500"),
+    ({"train": [{"text": "x" * 300_000, "label": "a"}]}, 413, "payload_too_large",
+     "MAX_TRAIN_UPLOAD_BYTES"),
+])
+def test_bad_training_requests_are_refused_and_nothing_is_queued(
+        api: TestClient, body: dict, status: int, code: str, message: str) -> None:
+    full = {"name": "bad", "task_type": "classification", "train": sentiment_rows(16), **body}
+    r = api.post("/adapters", json=full)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+    assert message in r.json()["error"]["message"]
+    assert api.get("/jobs").json()["jobs"] == []
+
+
+@pytest.mark.parametrize(("files", "data", "message"), [
+    ({"file": ("t.jsonl", b'{"text": "a", "label": 1}\nnot json')}, {}, "line 2 is not valid JSON"),
+    ({"file": ("t.csv", b"a,b\n1,2")}, {}, "header naming 'text' and 'label'"),
+    ({}, {}, "file part named 'file'"),
+    ({"file": ("t.jsonl", b'{"text": "a", "label": 1}')}, {"config": "{oops"}, "config is not valid JSON"),
+])
+def test_bad_uploads_are_refused(api: TestClient, files: dict, data: dict, message: str) -> None:
+    r = api.post("/adapters", data={"name": "bad", "task_type": "classification", **data},
+                 files=files or {"other": ("x", b"")})
+    assert r.status_code == 422, r.text
+    assert message in r.json()["error"]["message"]
+    assert api.get("/jobs").json()["jobs"] == []
+
+
+def test_name_already_being_trained_is_a_409(api: TestClient) -> None:
+    job = _submit(api, config=SLOW)
+    r = api.post("/adapters", json={"name": "senti", "task_type": "classification",
+                                    "train": sentiment_rows(16)})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "name_in_training"
+    assert job["job_id"] in r.json()["error"]["message"]
+    api.delete(f"/jobs/{job['job_id']}")
+    _wait(api, job["job_id"], ("cancelled",), timeout=30)
+
+
+def test_unknown_job_is_a_404(api: TestClient) -> None:
+    for r in (api.get("/jobs/nope"), api.delete("/jobs/nope"), api.get("/jobs/nope/events")):
+        assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
