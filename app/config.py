@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     )
     batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more work.")
     max_queue_rows: int = Field(4096, ge=1, description="Rows waiting; beyond it requests get 503.")
+    request_timeout_s: float = Field(30.0, gt=0, description="A prediction not answered by then "
+                                     "is dropped from the queue and gets 504.")
 
     # --- training ---------------------------------------------------------------------------
     jobs_db: Path | None = Field(None, description="SQLite file of training jobs; default "

@@ -69,6 +69,11 @@ class OverloadedError(ServiceError):
         self.retry_after = retry_after
 
 
+class RequestTimeoutError(ServiceError):
+    status_code = 504
+    code = "timeout"
+
+
 class StoreWriteError(ServiceError):
     status_code = 507
     code = "store_write_failed"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.adapters.registry import AdapterRegistry
-from app.errors import InvalidInputError, PayloadTooLargeError
+from app.errors import InvalidInputError, PayloadTooLargeError, RequestTimeoutError
 from app.model.tokenization import Feature, TextEncoder
 from app.serving.batcher import Batcher
 from app.serving.engine import Row
@@ -23,6 +23,7 @@ class TextInput:
 class PredictLimits:
     max_inputs: int
     max_text_chars: int
+    timeout_s: float = 30.0
 
 
 class PredictionService:
@@ -39,7 +40,13 @@ class PredictionService:
         self._check(inputs)
         key = self.registry.resolve(task, version)
         features = await asyncio.to_thread(self.tokenize, inputs)
-        predictions = await self.batcher.submit([Row(key, f) for f in features])
+        try:
+            predictions = await asyncio.wait_for(
+                self.batcher.submit([Row(key, f) for f in features]), self.limits.timeout_s)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"no answer within {self.limits.timeout_s:g} s (REQUEST_TIMEOUT_S); the service is "
+                f"overloaded or the request too large") from None
         return key[1], predictions
 
     def tokenize(self, inputs: list[TextInput]) -> list[Feature]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from app.api.deps import ServicesDep
+from app.api.deps import ServicesDep, cancel_on_disconnect
 from app.schemas.common import ErrorResponse
 from app.schemas.predict import PredictRequest, PredictResponse
 from app.serving.predictor import TextInput
@@ -16,11 +16,14 @@ router = APIRouter(tags=["predict"])
     "/predict/{task}",
     response_model=PredictResponse,
     responses={404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-               422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+               422: {"model": ErrorResponse}, 503: {"model": ErrorResponse},
+               504: {"model": ErrorResponse}},
 )
-async def predict(task: str, body: PredictRequest, services: ServicesDep) -> PredictResponse:
+async def predict(task: str, body: PredictRequest, request: Request, services: ServicesDep
+                  ) -> PredictResponse:
     """Run the inputs through the shared base with the task's adapter and head."""
     inputs = [TextInput(p.text, p.text_pair) for p in body.as_pairs()]
-    version, predictions = await services.predictor.predict(task, inputs, body.version)
+    version, predictions = await cancel_on_disconnect(
+        request, services.predictor.predict(task, inputs, body.version))
     return PredictResponse.model_validate(
         {"task": task, "version": version, "predictions": predictions})

@@ -1,0 +1,166 @@
+"""The batcher as a plain unit: ordering, splitting, no mixing, cancellation, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+
+import pytest
+
+from app.errors import OverloadedError
+from app.serving.batcher import Batcher, BatchLimits, plan_batches
+
+
+def _echo_batcher(limits: BatchLimits, delay: float = 0.0, calls: list | None = None
+                  ) -> Batcher[tuple[str, int]]:
+    """Rows are (request id, number); the model answers (request id, number * 10)."""
+
+    def process(rows: list[tuple[str, int]]) -> list[object]:
+        if calls is not None:
+            calls.append(list(rows))
+        time.sleep(delay)
+        return [ValueError(f"bad row {r}") if n < 0 else (r, n * 10) for r, n in rows]
+
+    return Batcher(process, lambda row: abs(row[1]) % 50 + 1, limits)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_plan_batches_groups_by_length_within_limits() -> None:
+    sizes = [5, 50, 6, 49, 7, 48, 8]
+    plan = plan_batches(sizes, BatchLimits(max_batch_size=3, max_batch_tokens=1000))
+    assert plan == [[0, 2, 4], [6, 5, 3], [1]]
+    tight = plan_batches([10] * 10, BatchLimits(max_batch_size=32, max_batch_tokens=40))
+    assert [len(b) for b in tight] == [4, 4, 2]
+    assert plan_batches([500], BatchLimits(max_batch_tokens=64)) == [[0]]  # never dropped
+
+
+def test_many_concurrent_requests_get_exactly_their_own_rows_in_order() -> None:
+    async def main() -> None:
+        calls: list = []
+        b = _echo_batcher(BatchLimits(max_batch_size=8, wait_s=0.005), calls=calls)
+        await b.start()
+        rng = random.Random(0)
+        requests = {f"r{i}": [rng.randint(0, 999) for _ in range(rng.randint(1, 20))]
+                    for i in range(60)}
+        results = await asyncio.gather(*(b.submit([(rid, n) for n in nums])
+                                         for rid, nums in requests.items()))
+        for (rid, nums), got in zip(requests.items(), results, strict=True):
+            assert got == [(rid, n * 10) for n in nums]
+        assert max(len(c) for c in calls) == 8  # requests were batched together ...
+        assert any(len({r for r, _ in c}) > 1 for c in calls)  # ... across requests
+        assert b.queued_rows == 0
+        await b.stop()
+
+    run(main())
+
+
+def test_a_large_request_is_split_across_batches() -> None:
+    async def main() -> None:
+        calls: list = []
+        b = _echo_batcher(BatchLimits(max_batch_size=4, wait_s=0), calls=calls)
+        await b.start()
+        got = await b.submit([("big", n) for n in range(10)])
+        assert got == [("big", n * 10) for n in range(10)]
+        assert sorted(len(c) for c in calls) == [2, 4, 4]
+        await b.stop()
+
+    run(main())
+
+
+def test_batching_off_runs_each_request_alone() -> None:
+    async def main() -> None:
+        calls: list = []
+        b = _echo_batcher(BatchLimits(enabled=False), delay=0.01, calls=calls)
+        await b.start()
+        await asyncio.gather(*(b.submit([(f"r{i}", i), (f"r{i}", i + 1)]) for i in range(5)))
+        assert all(len({r for r, _ in c}) == 1 for c in calls) and len(calls) == 5
+        await b.stop()
+
+    run(main())
+
+
+def test_an_error_reaches_only_its_own_request() -> None:
+    async def main() -> None:
+        b = _echo_batcher(BatchLimits(wait_s=0.01))
+        await b.start()
+        good, bad = await asyncio.gather(b.submit([("good", 1)]), b.submit([("bad", -1)]),
+                                         return_exceptions=True)
+        assert good == [("good", 10)]
+        assert isinstance(bad, ValueError) and "bad row" in str(bad)
+        await b.stop()
+
+    run(main())
+
+
+def test_a_crashing_model_fails_the_batch_not_the_batcher() -> None:
+    async def main() -> None:
+        state = {"fail": True}
+
+        def process(rows: list[int]) -> list[int]:
+            if state.pop("fail", False):
+                raise RuntimeError("kaput")
+            return rows
+
+        b: Batcher[int] = Batcher(process, lambda r: 1, BatchLimits(wait_s=0))
+        await b.start()
+        with pytest.raises(RuntimeError, match="kaput"):
+            await b.submit([1])
+        assert await b.submit([2]) == [2]
+        await b.stop()
+
+    run(main())
+
+
+def test_cancelled_and_timed_out_requests_are_dropped_from_the_queue() -> None:
+    async def main() -> None:
+        calls: list = []
+        gate = threading.Event()
+
+        def process(rows: list[str]) -> list[str]:
+            gate.wait(5)
+            calls.append(list(rows))
+            return rows
+
+        b: Batcher[str] = Batcher(process, lambda r: 1, BatchLimits(max_batch_size=1, wait_s=0))
+        await b.start()
+        first = asyncio.create_task(b.submit(["first"]))
+        await asyncio.sleep(0.05)  # "first" is in the model now
+        doomed = asyncio.create_task(b.submit(["doomed"]))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(b.submit(["late"]), 0.05)
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        kept = asyncio.create_task(b.submit(["kept"]))
+        await asyncio.sleep(0.01)
+        gate.set()
+        assert await first == ["first"] and await kept == ["kept"]
+        assert ["doomed"] not in calls and ["late"] not in calls
+        await b.stop()
+
+    run(main())
+
+
+def test_full_queue_is_refused_with_retry_after() -> None:
+    async def main() -> None:
+        gate = threading.Event()
+        b: Batcher[int] = Batcher(lambda rows: (gate.wait(5), rows)[1], lambda r: 1,
+                                  BatchLimits(max_batch_size=2, wait_s=0, max_queue_rows=4))
+        await b.start()
+        running = asyncio.create_task(b.submit([0, 0]))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(b.submit([1, 2, 3]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(OverloadedError, match="queue is full") as err:
+            await b.submit([4, 5])
+        assert err.value.retry_after >= 1
+        gate.set()
+        assert await running == [0, 0] and await queued == [1, 2, 3]
+        assert await b.submit([4, 5]) == [4, 5]  # room again
+        await b.stop()
+
+    run(main())
