@@ -27,6 +27,10 @@ class EncodedBatch:
     attention_mask: Tensor  # (B, T)
     token_type_ids: Tensor | None  # (B, T)
 
+    def pin_memory(self) -> EncodedBatch:
+        return EncodedBatch(self.input_ids.pin_memory(), self.attention_mask.pin_memory(),
+                            None if self.token_type_ids is None else self.token_type_ids.pin_memory())
+
     def to(self, device: torch.device, non_blocking: bool = False) -> EncodedBatch:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=non_blocking)

@@ -50,15 +50,27 @@ class InferenceEngine:
     @torch.inference_mode()
     def _forward(self, rows: list[Row], entries: dict[Key, ResidentAdapter], positions: list[int],
                  results: list[Any]) -> None:
-        batch = self.encoder.tokenizer.collate([r.feature for r in rows]).to(self.encoder.device)
+        enc = self.encoder
+        batch = enc.tokenizer.collate([r.feature for r in rows])
+        on_gpu = enc.device.type == "cuda"
+        if on_gpu:  # pinned host memory makes the copy asynchronous
+            batch = batch.pin_memory()
+        batch = batch.to(enc.device, non_blocking=on_gpu)
         routing = self.registry.bank.routing([entries[r.key].slot for r in rows])
-        hidden = self.encoder.forward(batch, routing)  # (B, T, H)
+        hidden = enc.forward(batch, routing)  # (B, T, H)
         groups: dict[Key, list[int]] = defaultdict(list)
         for i, r in enumerate(rows):
             groups[r.key].append(i)
+        outputs = []
         for key, members in groups.items():
-            head = entries[key].head
             idx = torch.tensor(members, device=hidden.device)
-            out = head.predict(hidden[idx], batch.attention_mask[idx]).cpu()
+            outputs.append(entries[key].head.predict(hidden[idx], batch.attention_mask[idx]))
+        # One device-to-host copy for the whole batch: the only synchronisation point.
+        flat = torch.cat([o.reshape(-1).float() for o in outputs]).cpu()
+        offset = 0
+        for (key, members), out in zip(groups.items(), outputs, strict=True):
+            host = flat[offset:offset + out.numel()].view(out.shape)
+            offset += out.numel()
+            head = entries[key].head
             for j, i in enumerate(members):
-                results[positions[i]] = head.decode(out[j], rows[i].feature)
+                results[positions[i]] = head.decode(host[j], rows[i].feature)
