@@ -77,3 +77,27 @@ class RequestTimeoutError(ServiceError):
 class StoreWriteError(ServiceError):
     status_code = 507
     code = "store_write_failed"
+
+
+class NotReadyError(ServiceError):
+    status_code = 503
+    code = "not_ready"
+
+
+class ClientGoneError(ServiceError):
+    status_code = 499
+    code = "client_closed_request"
+
+
+class JobNotFoundError(NotFoundError):
+    code = "job_not_found"
+
+
+class NameInTrainingError(ServiceError):
+    status_code = 409
+    code = "name_in_training"
+
+
+class JobQueueFullError(ServiceError):
+    status_code = 429
+    code = "job_queue_full"

@@ -9,15 +9,10 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
-from app.errors import ServiceError
+from app.errors import ClientGoneError, NotReadyError
 from app.services import Services
 
 T = TypeVar("T")
-
-
-class ClientGoneError(ServiceError):
-    status_code = 499
-    code = "client_closed_request"
 
 
 async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
@@ -41,11 +36,6 @@ async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -
             await task
         raise ClientGoneError("the client closed the connection before the answer was ready")
     return task.result()
-
-
-class NotReadyError(ServiceError):
-    status_code = 503
-    code = "not_ready"
 
 
 def get_services(request: Request) -> Services:

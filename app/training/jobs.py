@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.errors import ServiceError
+from app.errors import JobNotFoundError, JobQueueFullError, NameInTrainingError
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
@@ -47,21 +47,6 @@ CREATE TABLE IF NOT EXISTS job_data (
     payload BLOB NOT NULL            -- zlib-compressed JSON: train and validation rows
 );
 """
-
-
-class NameInTrainingError(ServiceError):
-    status_code = 409
-    code = "name_in_training"
-
-
-class JobQueueFullError(ServiceError):
-    status_code = 429
-    code = "job_queue_full"
-
-
-class JobNotFoundError(ServiceError):
-    status_code = 404
-    code = "job_not_found"
 
 
 @dataclass
