@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +40,7 @@ from bench.common import (
     setup_logging,
 )
 from bench.loadgen import generate
+from bench.server import Server
 
 CONCURRENCY = (1, 8, 32, 64)
 SCENARIOS = {"a_one_task": 1, "b_8_tasks": 8, "c_64_tasks": 64}
@@ -124,34 +121,6 @@ def in_process(encoder: FrozenEncoder, texts: list[str], batch_size: int, repeat
 
 
 # ------------------------------------------------------------------------------------ HTTP
-class Server:
-    """`uvicorn app.main:app` in a subprocess, on a free port, with its own settings."""
-
-    def __init__(self, store: Path, port: int, threads: int, batching: bool, wait_ms: float):
-        env = {**os.environ, "ADAPTERS_DIR": str(store), "NUM_THREADS": str(threads),
-               "STORE_POLL_SECONDS": "0", "LOG_LEVEL": "warning",
-               "BATCHING_ENABLED": str(batching).lower(), "BATCH_WAIT_MS": str(wait_ms),
-               "MAX_QUEUE_ROWS": "100000"}
-        self.port = port
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
-             "--workers", "1", "--log-level", "warning", "--no-access-log"], env=env)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
 def load(port: int, concurrency: int, requests: int, tasks: list[str], texts: list[str],
          seed: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
@@ -173,7 +142,9 @@ def http_section(store: Path, names: list[str], texts: list[str], args: argparse
     results: dict[str, Any] = {}
     runs = [(name, n, True) for name, n in SCENARIOS.items()] + [("d_8_tasks_no_batching", 8, False)]
     for batching in (True, False):
-        server = Server(store, args.port, args.threads, batching, args.wait_ms)
+        server = Server(store, args.port, {"NUM_THREADS": str(args.threads),
+                        "BATCHING_ENABLED": str(batching).lower(),
+                        "BATCH_WAIT_MS": str(args.wait_ms)})
         try:
             server.wait_ready()
             load(args.port, 8, 128, names, texts, seed=99)  # warm-up: every adapter resident
