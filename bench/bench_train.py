@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         result["latency_idle"]["machine"] = mon.result
 
         def during(job_id: str) -> dict[str, Any]:
-            time.sleep(5)  # past the worker's start-up, into the training loop
+            while client.get(f"/jobs/{job_id}").json()["progress"] is None:
+                time.sleep(0.5)  # the worker is still starting: wait for its training loop
             return latency(client, "probe", texts, args.latency_seconds)
 
         run = train(client, "sst2", sample, during)
