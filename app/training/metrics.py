@@ -1,8 +1,11 @@
-"""Validation metrics: accuracy and macro-F1 (classification); MSE, Pearson, Spearman (regression)."""
+"""Validation metrics for every task type: classification, regression, NER (entity F1), QA (EM/F1)."""
 
 from __future__ import annotations
 
 import math
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
 
 
@@ -63,3 +66,67 @@ def classification_metrics(gold: Sequence[int], pred: Sequence[int], num_classes
 
 def regression_metrics(gold: Sequence[float], pred: Sequence[float]) -> dict[str, float]:
     return {"mse": mse(gold, pred), "pearson": pearson(gold, pred), "spearman": spearman(gold, pred)}
+
+
+# ---------------------------------------------------------------- token classification (NER)
+def bio_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Entities (type, first, last) in a BIO/IOB2 tag sequence, the conlleval way: an I- that
+    does not continue an entity of its own type starts a new one."""
+    spans: list[tuple[str, int, int]] = []
+    kind, start = None, 0
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, label = tag.partition("-")
+        continues = prefix == "I" and label == kind
+        if kind is not None and not continues:
+            spans.append((kind, start, i - 1))
+            kind = None
+        if prefix in ("B", "I") and not continues:
+            kind, start = label, i
+    return spans
+
+
+def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
+                  ) -> dict[str, float]:
+    """Entity-level precision, recall and F1 over sentences (CoNLL-2003 definition: an entity
+    counts only when its type and both boundaries match)."""
+    tp = n_gold = n_pred = 0
+    for g, p in zip(gold, pred, strict=True):
+        gs, ps = set(bio_spans(g)), set(bio_spans(p))
+        tp += len(gs & ps)
+        n_gold += len(gs)
+        n_pred += len(ps)
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+# ------------------------------------------------------------------- extractive QA (SQuAD v1.1)
+PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_f1(prediction: str, truth: str) -> float:
+    pred_tokens, true_tokens = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    common = Counter(pred_tokens) & Counter(true_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(true_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Exact match and F1, each the best over an example's gold answers, averaged (0..1)."""
+    em = f1 = 0.0
+    for pred, golds in zip(predictions, answers, strict=True):
+        em += max(float(normalize_answer(pred) == normalize_answer(g)) for g in golds)
+        f1 += max(squad_f1(pred, g) for g in golds)
+    n = max(1, len(predictions))
+    return {"exact_match": em / n, "f1": f1 / n}

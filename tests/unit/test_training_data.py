@@ -96,3 +96,37 @@ def test_metrics_against_values_computed_by_hand() -> None:
     assert ranks([10, 20, 20, 5]) == [2.0, 3.5, 3.5, 1.0]
     assert spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)
     assert pearson([1, 1, 1], [1, 2, 3]) == 0.0
+
+
+def test_bio_spans_follow_conlleval() -> None:
+    from app.training.metrics import bio_spans
+
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-ORG", "O", "B-MISC"]
+    assert bio_spans(tags) == [("PER", 0, 1), ("LOC", 3, 4), ("LOC", 5, 5), ("ORG", 6, 6),
+                               ("MISC", 8, 8)]
+
+
+def test_entity_scores_by_hand() -> None:
+    from app.training.metrics import entity_scores
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "B-MISC"]]
+    # gold 3 entities, predicted 4, correct 2 (PER 0-1, ORG in sentence 2)
+    scores = entity_scores(gold, pred)
+    assert scores["precision"] == pytest.approx(2 / 4)
+    assert scores["recall"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    partial = entity_scores([["B-PER", "I-PER"]], [["B-PER", "O"]])  # a boundary off is wrong
+    assert partial == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_squad_scores_by_hand() -> None:
+    from app.training.metrics import normalize_answer, squad_scores
+
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    scores = squad_scores(["the Denver Broncos", "Santa Clara, California", ""],
+                          [["Denver Broncos"], ["Levi's Stadium", "Santa Clara"], ["x"]])
+    assert scores["exact_match"] == pytest.approx(1 / 3)
+    # second: best gold "Santa Clara" -> precision 2/3, recall 1 -> F1 0.8
+    assert scores["f1"] == pytest.approx((1 + 0.8 + 0) / 3)
