@@ -10,8 +10,9 @@ processes took meanwhile). Load times count each adapter's fastest of three cold
 
 Trust a missed target only from a run with `machine_quiet` true: when other processes compete
 for the cores that torch's intra-op threads use, every parallel op waits for a descheduled
-thread, so time follows the number of ops rather than the arithmetic, and the adapter paths
-(a few more small ops per layer) look much slower than they are.
+thread, so time grows with the number of ops more than with the arithmetic, and the adapter
+paths (a few more small ops per layer) look slower than they are (seen here: with 2 threads on
+a half-busy 2-core machine c/a read 0.80-0.90; with 1 thread, or at quiet moments, 0.96-0.98).
 """
 
 from __future__ import annotations

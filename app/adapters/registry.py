@@ -8,6 +8,8 @@ import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
+import torch
+
 from app.adapters.format import AdapterMetadata
 from app.adapters.store import AdapterStore, validate_name
 from app.errors import AdapterNotFoundError
@@ -145,8 +147,9 @@ class AdapterRegistry:
     def _load(self, key: Key) -> ResidentAdapter:
         t0 = time.perf_counter()
         loaded = self.store.load(key[0], key[1], self.encoder.info)
-        head = build_head(loaded.meta.head_config, self.encoder.info.hidden_size)
-        head.load_state_dict(loaded.head)
+        with torch.device("meta"):  # no random init: the stored weights replace it at once
+            head = build_head(loaded.meta.head_config, self.encoder.info.hidden_size)
+        head.load_state_dict(loaded.head, assign=True)
         head.to(device=self.encoder.device, dtype=self.encoder.dtype).eval().requires_grad_(False)
         with self._lock:
             self._evict(room_for=1)

@@ -63,6 +63,9 @@ class InferenceEngine:
             groups[r.key].append(i)
         outputs = []
         for key, members in groups.items():
+            if len(groups) == 1:  # one task: its head takes the whole batch, no gather
+                outputs.append(entries[key].head.predict(hidden, batch.attention_mask))
+                continue
             idx = torch.tensor(members, device=hidden.device)
             outputs.append(entries[key].head.predict(hidden[idx], batch.attention_mask[idx]))
         # One device-to-host copy for the whole batch: the only synchronisation point.
