@@ -18,7 +18,7 @@ class TrainConfig(BaseModel):
     # adapter shape
     bottleneck_size: int | None = Field(None, ge=1, le=MAX_BOTTLENECK,
                                         description="Bottleneck width; overrides reduction_factor.")
-    reduction_factor: float = Field(16.0, ge=1, description="Bottleneck = hidden / reduction_factor.")
+    reduction_factor: float = Field(8.0, ge=1, description="Bottleneck = hidden / reduction_factor.")
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     placement: Literal["pfeiffer", "houlsby"] = "pfeiffer"
     # head
@@ -26,8 +26,8 @@ class TrainConfig(BaseModel):
     head_dropout: float = Field(0.1, ge=0, lt=1)
     base_dropout: bool = Field(True, description="Keep the frozen base's own dropout on while training.")
     # optimisation
-    epochs: int = Field(5, ge=1, le=100)
-    learning_rate: float = Field(2e-3, gt=0, le=1)
+    epochs: int = Field(3, ge=1, le=100)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(32, ge=1, le=1024)
     max_seq_length: int = Field(128, ge=8, le=4096, description="Tokens per training example.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with rising LR.")
