@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         8192, ge=64, description="Padded tokens (rows x longest row) in one forward pass."
     )
-    batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more work.")
+    batch_wait_ms: float = Field(
+        0.0, ge=0, description="Extra wait for more rows before a batch runs. 0: batches form from "
+        "what arrived while the previous one ran (measured best on CPU).")
     max_queue_rows: int = Field(4096, ge=1, description="Rows waiting; beyond it requests get 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="A prediction not answered by then "
                                      "is dropped from the queue and gets 504.")
