@@ -254,3 +254,33 @@ def test_store_is_polled_for_changes(tiny_model_dir: Path, tmp_path: Path,
         while client.post("/predict/polled", json={"inputs": "x"}).status_code == 200:
             assert time.monotonic() < deadline, "the deleted adapter is still served"
             time.sleep(0.05)
+
+
+def test_concurrent_requests_for_many_tasks_equal_one_at_a_time(
+        store: AdapterStore, make_adapter: AdapterFactory, settings: Settings) -> None:
+    """Requests batched together across tasks get the numbers each gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tasks = [f"task{i}" for i in range(6)]
+    for i, name in enumerate(tasks):
+        head = HeadConfig(task_type="regression") if i % 2 else None
+        make_adapter(store, name, seed=10 + i, head=head)
+    texts = ["the film was good", "john visited paris", "not very fun at all", "bad",
+             "mary works at acme corp and she loves it"]
+    jobs = [(t, x) for t in tasks for x in texts]
+
+    def numbers(body: dict) -> list[float]:
+        p = body["predictions"][0]
+        return list(p["scores"].values()) if "scores" in p else [p["value"]]
+
+    with TestClient(create_app(settings.model_copy(update={"max_resident_adapters": 8}))) as c:
+        alone = [numbers(c.post(f"/predict/{t}", json={"inputs": x}).json()) for t, x in jobs]
+        batcher = c.app.state.services.batcher
+        before = batcher.batches_run
+        with ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(
+                lambda job: numbers(c.post(f"/predict/{job[0]}", json={"inputs": job[1]}).json()),
+                jobs))
+        assert batcher.batches_run - before < len(jobs)  # rows of different tasks shared batches
+    for a, b in zip(alone, together, strict=True):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
