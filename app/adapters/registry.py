@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -41,7 +41,6 @@ class ResidentAdapter:
 class RegistryStats:
     loads: int = 0
     evictions: int = 0
-    load_seconds: list[float] = field(default_factory=list)
 
 
 class AdapterRegistry:
@@ -64,6 +63,7 @@ class AdapterRegistry:
         self._key_locks: defaultdict[Key, threading.Lock] = defaultdict(threading.Lock)
         self._index: dict[Key, tuple[int, int]] = {}  # every version on disk -> its stamp
         self._resident: OrderedDict[Key, ResidentAdapter] = OrderedDict()
+        self._meta: dict[Key, AdapterMetadata] = {}
 
     # -------------------------------------------------------------------------------- index
     def refresh(self) -> bool:
@@ -81,6 +81,8 @@ class AdapterRegistry:
                 superseded = latest.get(key[0], 0) > key[1]
                 if gone or superseded:
                     self._retire(entry)
+            self._meta = {k: m for k, m in self._meta.items()
+                          if k in snapshot and snapshot[k] == self._index.get(k)}
             self._index = snapshot
         log.info("adapter index refreshed: %d versions of %d adapters",
                  len(snapshot), len(self._latest_of(snapshot)))
@@ -117,11 +119,14 @@ class AdapterRegistry:
         raise AdapterNotFoundError(f"adapter {name!r} has no version {version} (it has {known})")
 
     def metadata(self, key: Key) -> AdapterMetadata:
+        """A version's metadata, read from disk once (versions never change in place)."""
         with self._lock:
-            entry = self._resident.get(key)
-            if entry is not None:
-                return entry.meta
-        return self.store.metadata(*key)
+            cached = self._meta.get(key)
+        if cached is None:
+            cached = self.store.metadata(*key)
+            with self._lock:
+                self._meta[key] = cached
+        return cached
 
     # ----------------------------------------------------------------------------- resident
     def acquire(self, key: Key) -> ResidentAdapter:
@@ -159,9 +164,8 @@ class AdapterRegistry:
             if key not in self._index:  # saved by this process before the next refresh
                 self._index[key] = self.store.stamp(*key)
         self.stats.loads += 1
-        self.stats.load_seconds.append(time.perf_counter() - t0)
-        del self.stats.load_seconds[:-1000]
-        log.info("loaded adapter %s v%d into slot %d", key[0], key[1], slot)
+        log.info("loaded adapter %s v%d into slot %d in %.1f ms", key[0], key[1], slot,
+                 (time.perf_counter() - t0) * 1000)
         return entry
 
     def release(self, entry: ResidentAdapter) -> None:

@@ -25,10 +25,11 @@ class AdapterService:
         self.max_bytes = max_bytes
 
     def list(self) -> list[AdapterInfo]:
+        resident = set(self.registry.resident_keys())
         infos = []
         for name, versions in sorted(self.registry.names().items()):
-            meta = self.registry.metadata((name, versions[-1]))
-            infos.append(AdapterInfo(meta, versions, False))
+            key = (name, versions[-1])
+            infos.append(AdapterInfo(self.registry.metadata(key), versions, key in resident))
         return infos
 
     def describe(self, name: str, version: int | None = None) -> AdapterInfo:

@@ -44,7 +44,7 @@ class Head(nn.Module):
         """Serving outputs (probabilities, values), still on the device."""
         return self(hidden, attention_mask)
 
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+    def loss(self, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
         raise NotImplementedError
 
     def decode(self, output: Tensor, feature: Feature) -> dict[str, Any]:
@@ -81,9 +81,10 @@ class SequenceHead(Head):
         out = self(hidden, attention_mask).float()
         return out.softmax(-1) if self.config.task_type == "classification" else out
 
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+    def loss(self, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
         if self.config.task_type == "classification":
-            return nn.functional.cross_entropy(outputs.float(), targets)
+            return nn.functional.cross_entropy(outputs.float(), targets,
+                                               label_smoothing=label_smoothing)
         return nn.functional.mse_loss(outputs.float(), targets.float())
 
     def decode(self, output: Tensor, feature: Feature) -> dict[str, Any]:

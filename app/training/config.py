@@ -33,6 +33,9 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with rising LR.")
     weight_decay: float = Field(0.01, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Classification loss smoothing.")
+    head_lr_multiplier: float = Field(1.0, gt=0, le=100,
+                                      description="The head's learning rate over the adapter's.")
     patience: int = Field(2, ge=1, description="Epochs without validation gain before stopping.")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5,
                                        description="Held out from train when no validation set.")

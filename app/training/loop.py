@@ -117,12 +117,15 @@ def evaluate(encoder: FrozenEncoder, adapter: AdapterSet, head: Head, features: 
 
 def _optimizer(adapter: AdapterSet, head: Head, config: TrainConfig, total_steps: int
                ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    params = [*adapter.named_parameters(), *head.named_parameters()]
-    groups = [
-        {"params": [p for n, p in params if not n.endswith("bias")],
-         "weight_decay": config.weight_decay},
-        {"params": [p for n, p in params if n.endswith("bias")], "weight_decay": 0.0},
-    ]
+    groups = []
+    for module, lr in ((adapter, config.learning_rate),
+                       (head, config.learning_rate * config.head_lr_multiplier)):
+        named = list(module.named_parameters())
+        groups += [
+            {"params": [p for n, p in named if not n.endswith("bias")], "lr": lr,
+             "weight_decay": config.weight_decay},
+            {"params": [p for n, p in named if n.endswith("bias")], "lr": lr, "weight_decay": 0.0},
+        ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     warmup = max(1, int(total_steps * config.warmup_ratio))
 
@@ -219,7 +222,7 @@ class _Trainer:
                 raise TrainingCancelled()
             batch = enc.tokenizer.collate([self.train_feats[i] for i in idx]).to(enc.device)
             outputs = self.head(enc.forward(batch, self.adapter), batch.attention_mask)
-            loss = self.head.loss(outputs, self.targets[idx].to(enc.device))
+            loss = self.head.loss(outputs, self.targets[idx].to(enc.device), cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([*self.adapter.parameters(), *self.head.parameters()],

@@ -120,3 +120,22 @@ def test_engine_mixed_tasks_equal_one_at_a_time(store: AdapterStore, encoder: Fr
         alone = engine.run([Row(key, feat)])[0]
         assert _numbers(alone) == pytest.approx(_numbers(out), rel=1e-4, abs=1e-6)
     assert set(mixed[0]) == {"label", "score", "scores"} and set(mixed[1]) == {"value"}
+
+
+def test_metadata_is_cached_until_the_version_changes(store: AdapterStore, encoder: FrozenEncoder,
+                                                      make_adapter: AdapterFactory) -> None:
+    import json
+
+    make_adapter(store, "t")
+    registry = _registry(store, encoder, capacity=4)
+    assert registry.metadata(("t", 1)).description == ""
+    path = store.root / "t" / "v1" / "adapter.json"
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps({**meta, "description": "edited"}))
+    assert registry.metadata(("t", 1)).description == ""  # served from memory
+    weights = store.weights_path("t", 1)
+    weights.write_bytes(weights.read_bytes())  # replaced on disk: a new stamp
+    import os
+    os.utime(weights, ns=(1, 1))
+    registry.refresh()
+    assert registry.metadata(("t", 1)).description == "edited"

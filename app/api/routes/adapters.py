@@ -90,11 +90,12 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit + (64 * 1024 if multipart else 0):
         raise too_big
     if multipart:
-        form = await request.form()
-        part = form.get("file")
-        if not isinstance(part, UploadFile):
-            raise InvalidInputError("multipart upload needs the adapter file in a part named 'file'")
-        data = await part.read(limit + 1)
+        async with request.form() as form:  # closes the spooled files
+            part = form.get("file")
+            if not isinstance(part, UploadFile):
+                raise InvalidInputError(
+                    "multipart upload needs the adapter file in a part named 'file'")
+            data = await part.read(limit + 1)
     else:
         chunks, size = [], 0
         async for chunk in request.stream():

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from app.adapters.store import validate_name
 from app.api.deps import ServicesDep
@@ -77,7 +77,11 @@ async def _json_fields(request: Request, limit: int) -> Any:
 
 
 async def _multipart_fields(request: Request, limit: int) -> dict[str, Any]:
-    form = await request.form(max_part_size=limit)
+    async with request.form(max_part_size=limit) as form:  # closes the spooled files
+        return await _form_fields(form, limit)
+
+
+async def _form_fields(form: FormData, limit: int) -> dict[str, Any]:
     fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
     for key in ("labels", "config"):
         if key in fields:
