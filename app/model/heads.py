@@ -8,6 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from app.model.bio import bio_spans
 from app.model.tokenization import Feature
 
 
@@ -16,7 +17,7 @@ class HeadConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_type: Literal["classification", "regression"]
+    task_type: Literal["classification", "regression", "token_classification"]
     labels: list[str] = Field(default_factory=list, description="Class names (classification).")
     pooling: Literal["mean", "cls"] = Field("mean", description="How the sequence is pooled.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before each head layer (training).")
@@ -99,7 +100,62 @@ class SequenceHead(Head):
         }
 
 
-HEAD_TYPES: dict[str, type[Head]] = {t: cls for cls in (SequenceHead,) for t in cls.task_types}
+class TokenClassificationHead(Head):
+    """Per token -> tag logits; decoded per word (its first sub-token) into entity spans."""
+
+    task_types = ("token_classification",)
+
+    def __init__(self, config: HeadConfig, hidden_size: int) -> None:
+        super().__init__(config, hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(hidden_size, len(config.labels))
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:  # -> (B, T, L)
+        return self.out(self.dropout(hidden))
+
+    def predict(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self(hidden, attention_mask).float().softmax(-1)
+
+    def loss(self, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        # targets (B, T): a tag index on each word's first sub-token, -100 elsewhere
+        return nn.functional.cross_entropy(outputs.float().flatten(0, 1), targets.flatten(),
+                                           ignore_index=-100, label_smoothing=label_smoothing)
+
+    def decode(self, output: Tensor, feature: Feature) -> dict[str, Any]:
+        words = word_spans(feature)
+        probs = output[[first for first, _, _ in words]] if words else output[:0]  # (W, L)
+        best = probs.max(-1) if words else None
+        tags = [self.config.labels[i] for i in best.indices.tolist()] if best else []
+        scores = best.values.tolist() if best else []
+        text = feature.text
+        entities = [
+            {"text": text[words[a][1]:words[b][2]], "label": kind, "start": words[a][1],
+             "end": words[b][2], "score": sum(scores[a:b + 1]) / (b - a + 1)}
+            for kind, a, b in bio_spans(tags)
+        ]
+        result: dict[str, Any] = {"entities": entities}
+        if feature.options.get("return_tokens"):
+            result["tokens"] = [{"token": text[s:e], "tag": t, "start": s, "end": e, "score": p}
+                                for (_, s, e), t, p in zip(words, tags, scores, strict=True)]
+        return result
+
+
+def word_spans(feature: Feature) -> list[tuple[int, int, int]]:
+    """Per word (in order): its first token's index and its character span in feature.text."""
+    spans: dict[int, list[int]] = {}
+    for i, w in enumerate(feature.word_ids):
+        if w is None:
+            continue
+        start, end = feature.offsets[i]
+        if w not in spans:
+            spans[w] = [i, start, end]
+        else:
+            spans[w][2] = end
+    return [(first, start, end) for first, start, end in spans.values()]
+
+
+HEAD_TYPES: dict[str, type[Head]] = {
+    t: cls for cls in (SequenceHead, TokenClassificationHead) for t in cls.task_types}
 
 
 def build_head(config: HeadConfig, hidden_size: int) -> Head:

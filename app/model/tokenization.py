@@ -16,6 +16,9 @@ class Feature:
     input_ids: list[int]
     token_type_ids: list[int] | None = None
     offsets: list[tuple[int, int]] = field(default_factory=list)
+    word_ids: list[int | None] = field(default_factory=list)  # token -> word (None: special)
+    text: str = ""  # what the offsets point into
+    options: dict[str, object] = field(default_factory=dict)  # per-request decoding options
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -74,9 +77,31 @@ class TextEncoder:
         )
         types = enc.get("token_type_ids") if self.uses_token_types else None
         return [
-            Feature(ids, types[i] if types is not None else None, list(enc["offset_mapping"][i]))
+            Feature(ids, types[i] if types is not None else None, list(enc["offset_mapping"][i]),
+                    enc.word_ids(i), texts[i])
             for i, ids in enumerate(enc["input_ids"])
         ]
+
+    def encode_words(self, words: list[list[str]], max_length: int | None = None
+                     ) -> list[Feature]:
+        """Pre-split words; offsets point into the words joined by single spaces."""
+        if not words:
+            return []
+        limit = min(max_length or self.max_length, self.max_length)
+        enc = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=limit,
+                             return_offsets_mapping=True, return_attention_mask=False)
+        types = enc.get("token_type_ids") if self.uses_token_types else None
+        features = []
+        for i, ids in enumerate(enc["input_ids"]):
+            starts = [0]
+            for w in words[i][:-1]:
+                starts.append(starts[-1] + len(w) + 1)
+            word_ids = enc.word_ids(i)
+            offsets = [(0, 0) if w is None else (starts[w] + a, starts[w] + b)
+                       for w, (a, b) in zip(word_ids, enc["offset_mapping"][i], strict=True)]
+            features.append(Feature(ids, types[i] if types is not None else None, offsets,
+                                    word_ids, " ".join(words[i])))
+        return features
 
     def collate(self, features: list[Feature]) -> EncodedBatch:
         """Pad to the longest row (right padding)."""

@@ -15,8 +15,9 @@ from app.serving.engine import Row
 
 @dataclass(frozen=True)
 class TextInput:
-    text: str
+    text: str = ""
     text_pair: str | None = None
+    tokens: list[str] | None = None  # pre-split words (token classification)
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,16 @@ class PredictionService:
         self.batcher = batcher
         self.limits = limits
 
-    async def predict(self, task: str, inputs: list[TextInput],
-                      version: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+    async def predict(self, task: str, inputs: list[TextInput], version: int | None = None,
+                      options: dict[str, Any] | None = None) -> tuple[int, list[dict[str, Any]]]:
         """(version served, one prediction per input)."""
         self._check(inputs)
         key = self.registry.resolve(task, version)
-        features = await asyncio.to_thread(self.tokenize, inputs)
+        task_type = self.registry.metadata(key).task_type
+        self._check_kind(task, task_type, inputs)
+        features = await asyncio.to_thread(self.tokenize, inputs, task_type)
+        for f in features:
+            f.options = options or {}
         try:
             predictions = await asyncio.wait_for(
                 self.batcher.submit([Row(key, f) for f in features]), self.limits.timeout_s)
@@ -49,8 +54,27 @@ class PredictionService:
                 f"overloaded or the request too large") from None
         return key[1], predictions
 
-    def tokenize(self, inputs: list[TextInput]) -> list[Feature]:
-        return self.tokenizer.encode([i.text for i in inputs], [i.text_pair for i in inputs])
+    def tokenize(self, inputs: list[TextInput], task_type: str) -> list[Feature]:
+        if task_type != "token_classification":
+            return self.tokenizer.encode([i.text for i in inputs], [i.text_pair for i in inputs])
+        features: list[Feature | None] = [None] * len(inputs)
+        split = [n for n, i in enumerate(inputs) if i.tokens is not None]
+        texts = [n for n, i in enumerate(inputs) if i.tokens is None]
+        for idx, feats in ((split, self.tokenizer.encode_words([inputs[n].tokens for n in split])),
+                           (texts, self.tokenizer.encode([inputs[n].text for n in texts]))):
+            for n, f in zip(idx, feats, strict=True):
+                features[n] = f
+        return features  # type: ignore[return-value]
+
+    @staticmethod
+    def _check_kind(task: str, task_type: str, inputs: list[TextInput]) -> None:
+        for n, item in enumerate(inputs):
+            if item.tokens is not None and task_type != "token_classification":
+                raise InvalidInputError(f"inputs[{n}] is pre-split tokens, but adapter {task!r} is "
+                                        f"{task_type}: send text")
+            if item.text_pair is not None and task_type == "token_classification":
+                raise InvalidInputError(f"inputs[{n}] has a text_pair, but adapter {task!r} tags "
+                                        f"single texts")
 
     def _check(self, inputs: list[TextInput]) -> None:
         if not inputs:
@@ -60,6 +84,10 @@ class PredictionService:
                 f"{len(inputs)} inputs in one request; the limit is {self.limits.max_inputs}",
             )
         for n, item in enumerate(inputs):
+            if item.tokens is not None:
+                if not all(isinstance(t, str) and t.strip() for t in item.tokens):
+                    raise InvalidInputError(f"inputs[{n}].tokens must be non-empty strings")
+                item = TextInput(" ".join(item.tokens))
             for field_name, value in (("text", item.text), ("text_pair", item.text_pair)):
                 if value is not None and len(value) > self.limits.max_text_chars:
                     raise PayloadTooLargeError(

@@ -7,13 +7,15 @@ import io
 import json
 import math
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from app.errors import InvalidInputError
 
-TASK_TYPES = ("classification", "regression")
+TASK_TYPES = ("classification", "regression", "token_classification")
+WORD_RE = re.compile(r"\w+|[^\w\s]")
 
 
 @dataclass
@@ -22,14 +24,16 @@ class Examples:
 
     texts: list[str]
     pairs: list[str | None]
-    targets: list[Any]
+    targets: list[Any]  # per row: class index, value, or (NER) a tag index per word
+    words: list[list[str]] | None = None  # NER: the words the tags belong to
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, idx: list[int]) -> Examples:
         return Examples([self.texts[i] for i in idx], [self.pairs[i] for i in idx],
-                        [self.targets[i] for i in idx])
+                        [self.targets[i] for i in idx],
+                        None if self.words is None else [self.words[i] for i in idx])
 
 
 @dataclass
@@ -117,6 +121,78 @@ def _check_rows(rows: list[Any], what: str, max_chars: int) -> tuple[list[str], 
     return texts, pairs, labels
 
 
+def _ner_rows(rows: list[Any], what: str, max_chars: int) -> tuple[list[list[str]], list[list[str]]]:
+    """{"tokens", "tags"} rows, or {"text", "entities": [{start, end, label}]} rows, as words
+    and BIO tags."""
+    words_out, tags_out = [], []
+    for i, row in enumerate(rows):
+        where = f"{what}[{i}]"
+        if not isinstance(row, dict):
+            raise InvalidInputError(f"{where} must be an object with tokens and tags")
+        if "tokens" in row:
+            words, tags = row.get("tokens"), row.get("tags")
+            for key, value in (("tokens", words), ("tags", tags)):
+                if not isinstance(value, list) or not value or not all(
+                        isinstance(x, str) and x for x in value):
+                    raise InvalidInputError(f"{where}.{key} must be a non-empty list of strings")
+            if len(words) != len(tags):  # type: ignore[arg-type]
+                raise InvalidInputError(f"{where} has {len(words)} tokens but {len(tags)} tags")  # type: ignore[arg-type]
+            if sum(len(w) + 1 for w in words) > max_chars:  # type: ignore[union-attr]
+                raise InvalidInputError(f"{where} is longer than {max_chars} characters")
+        elif "text" in row:
+            words, tags = _words_from_entities(row, where, max_chars)
+        else:
+            raise InvalidInputError(f"{where} needs tokens and tags, or text and entities")
+        words_out.append(list(words))  # type: ignore[arg-type]
+        tags_out.append(list(tags))  # type: ignore[arg-type]
+    return words_out, tags_out
+
+
+def _words_from_entities(row: dict[str, Any], where: str, max_chars: int
+                         ) -> tuple[list[str], list[str]]:
+    text, entities = row.get("text"), row.get("entities", [])
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError(f"{where}.text must be a non-empty string")
+    if len(text) > max_chars:
+        raise InvalidInputError(f"{where}.text has {len(text)} characters; the limit is {max_chars}")
+    if not isinstance(entities, list):
+        raise InvalidInputError(f"{where}.entities must be a list")
+    spans = [(m.start(), m.end()) for m in WORD_RE.finditer(text)]
+    tags = ["O"] * len(spans)
+    for j, ent in enumerate(entities):
+        at = f"{where}.entities[{j}]"
+        if not isinstance(ent, dict) or not all(isinstance(ent.get(k), int) for k in ("start", "end")) \
+                or not isinstance(ent.get("label"), str) or not ent["label"]:
+            raise InvalidInputError(f"{at} needs integer start, end and a label")
+        start, end = ent["start"], ent["end"]
+        if not 0 <= start < end <= len(text):
+            raise InvalidInputError(f"{at} span [{start}, {end}) is outside the text "
+                                    f"(length {len(text)})")
+        inside = [k for k, (a, b) in enumerate(spans) if a < end and b > start]
+        if not inside or spans[inside[0]][0] != start or spans[inside[-1]][1] != end:
+            raise InvalidInputError(f"{at} span [{start}, {end}) ({text[start:end]!r}) does not "
+                                    f"start and end on word boundaries")
+        if any(tags[k] != "O" for k in inside):
+            raise InvalidInputError(f"{at} overlaps another entity")
+        for n, k in enumerate(inside):
+            tags[k] = ("B-" if n == 0 else "I-") + ent["label"]
+    return [text[a:b] for a, b in spans], tags
+
+
+def _tag_labels(tags: list[list[str]], labels: list[str] | None, what: str) -> list[str]:
+    seen = sorted({t for seq in tags for t in seq}, key=lambda t: (t != "O", t[2:], t))
+    for i, seq in enumerate(tags):
+        for t in seq:
+            if t != "O" and (t[:2] not in ("B-", "I-") or len(t) < 3):
+                raise InvalidInputError(f"{what}[{i}] has tag {t!r}: use O, B-TYPE or I-TYPE")
+    if labels is None:
+        return seen if "O" in seen else ["O", *seen]
+    unknown = sorted(set(seen) - set(labels))
+    if unknown:
+        raise InvalidInputError(f"{what} has tags {unknown} that are not in labels {labels}")
+    return labels
+
+
 def _class_label(value: Any, where: str) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -160,6 +236,9 @@ def prepare(task_type: str, train_rows: list[Any], validation_rows: list[Any] | 
     total = len(train_rows) + len(validation_rows or [])
     if total > max_rows:
         raise InvalidInputError(f"{total} rows exceed the limit of {max_rows} (MAX_TRAIN_ROWS)")
+    if task_type == "token_classification":
+        return _prepare_tokens(train_rows, validation_rows, labels, validation_fraction, seed,
+                               max_chars)
     texts, pairs, raw = _check_rows(train_rows, "train", max_chars)
     if task_type == "regression":
         if labels:
@@ -183,6 +262,25 @@ def prepare(task_type: str, train_rows: list[Any], validation_rows: list[Any] | 
     return TrainingData(task_type, labels, train.subset(train_idx), train.subset(val_idx), False)
 
 
+def _prepare_tokens(train_rows: list[Any], validation_rows: list[Any] | None,
+                    labels: list[str] | None, fraction: float, seed: int, max_chars: int
+                    ) -> TrainingData:
+    words, tags = _ner_rows(train_rows, "train", max_chars)
+    labels = _tag_labels(tags, labels, "train")
+    index = {t: i for i, t in enumerate(labels)}
+    train = Examples([" ".join(w) for w in words], [None] * len(words),
+                     [[index[t] for t in seq] for seq in tags], words)
+    if validation_rows:
+        vw, vt = _ner_rows(validation_rows, "validation", max_chars)
+        _tag_labels(vt, labels, "validation")
+        validation = Examples([" ".join(w) for w in vw], [None] * len(vw),
+                              [[index[t] for t in seq] for seq in vt], vw)
+        return TrainingData("token_classification", labels, train, validation, True)
+    train_idx, val_idx = split(train.targets, "token_classification", fraction, seed)
+    return TrainingData("token_classification", labels, train.subset(train_idx),
+                        train.subset(val_idx), False)
+
+
 def split(targets: list[Any], task_type: str, fraction: float, seed: int
           ) -> tuple[list[int], list[int]]:
     """Seeded hold-out, stratified by class (regression: by value quantile)."""
@@ -192,6 +290,8 @@ def split(targets: list[Any], task_type: str, fraction: float, seed: int
     rng = random.Random(seed)
     if task_type == "classification":
         strata = targets
+    elif task_type != "regression":
+        strata = [0] * len(targets)
     else:  # five quantile bins keep the value range in both parts
         order = sorted(range(len(targets)), key=targets.__getitem__)
         strata = [0] * len(targets)

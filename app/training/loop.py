@@ -19,7 +19,7 @@ from app.model.heads import Head, build_head
 from app.model.tokenization import Feature
 from app.training.config import TrainConfig
 from app.training.data import Examples, TrainingData
-from app.training.metrics import classification_metrics, regression_metrics
+from app.training.metrics import classification_metrics, entity_scores, regression_metrics
 
 log = logging.getLogger(__name__)
 POOL_BATCHES = 50  # batches drawn together and sorted by length: little padding, still shuffled
@@ -82,17 +82,46 @@ def primary_metric(task_type: str, metrics: dict[str, float]) -> tuple[float, fl
     """Higher is better; the second number breaks ties."""
     if task_type == "classification":
         return metrics["accuracy"], metrics["macro_f1"]
+    if task_type == "token_classification":
+        return metrics["f1"], metrics["precision"]
     return metrics["pearson"], -metrics["mse"]
 
 
-def _target_tensor(targets: list[Any], task_type: str) -> Tensor:
+def encode_examples(encoder: FrozenEncoder, examples: Examples, task_type: str, max_length: int
+                    ) -> tuple[list[Feature], list[Any]]:
+    """Features and, per feature, its target (NER: a tag index on each word's first sub-token,
+    -100 on every other token, so only those count in the loss)."""
+    tok = encoder.tokenizer
+    if task_type != "token_classification":
+        return tok.encode(examples.texts, examples.pairs, max_length), examples.targets
+    assert examples.words is not None
+    features = tok.encode_words(examples.words, max_length)
+    targets = []
+    for feature, tags in zip(features, examples.targets, strict=True):
+        seen: set[int] = set()
+        aligned = []
+        for w in feature.word_ids:
+            aligned.append(-100 if w is None or w in seen else tags[w])
+            if w is not None:
+                seen.add(w)
+        targets.append(aligned)
+    return features, targets
+
+
+def collate_targets(targets: list[Any], task_type: str, length: int) -> Tensor:
+    """(B,) class indices or values, or (B, T) token tags padded with -100."""
+    if task_type == "token_classification":
+        out = torch.full((len(targets), length), -100, dtype=torch.long)
+        for i, t in enumerate(targets):
+            out[i, :len(t)] = torch.tensor(t)
+        return out
     return torch.tensor(targets, dtype=torch.long if task_type == "classification" else torch.float32)
 
 
 @torch.inference_mode()
 def predict_outputs(encoder: FrozenEncoder, adapter: AdapterSet, head: Head,
-                    features: list[Feature]) -> Tensor:
-    """Head outputs (probabilities or values) for every feature, in order."""
+                    features: list[Feature]) -> list[Tensor]:
+    """Head outputs (probabilities, values, or per-token probabilities) per feature, in order."""
     adapter.eval()
     head.eval()
     encoder.model.eval()
@@ -104,15 +133,31 @@ def predict_outputs(encoder: FrozenEncoder, adapter: AdapterSet, head: Head,
         out = head.predict(encoder.forward(batch, adapter), batch.attention_mask).float().cpu()
         for j, i in enumerate(idx):
             outputs[i] = out[j]
-    return torch.stack(outputs)  # type: ignore[arg-type]
+    return outputs  # type: ignore[return-value]
 
 
 def evaluate(encoder: FrozenEncoder, adapter: AdapterSet, head: Head, features: list[Feature],
-             examples: Examples, task_type: str, num_labels: int) -> dict[str, float]:
-    out = predict_outputs(encoder, adapter, head, features)
+             examples: Examples, task_type: str, labels: list[str]) -> dict[str, float]:
+    outputs = predict_outputs(encoder, adapter, head, features)
+    if task_type == "token_classification":
+        return entity_scores([[labels[t] for t in seq] for seq in examples.targets],
+                             [_word_tags(o, f, labels, len(seq))
+                              for o, f, seq in zip(outputs, features, examples.targets, strict=True)])
+    out = torch.stack(outputs)
     if task_type == "classification":
-        return classification_metrics(examples.targets, out.argmax(-1).tolist(), num_labels)
+        return classification_metrics(examples.targets, out.argmax(-1).tolist(), len(labels))
     return regression_metrics(examples.targets, out.tolist())
+
+
+def _word_tags(output: Tensor, feature: Feature, labels: list[str], n_words: int) -> list[str]:
+    """The tag of each word (its first sub-token's best); words cut off by truncation get O."""
+    tags = ["O"] * n_words
+    seen: set[int] = set()
+    for i, w in enumerate(feature.word_ids):
+        if w is not None and w not in seen:
+            seen.add(w)
+            tags[w] = labels[int(output[i].argmax())]
+    return tags
 
 
 def _optimizer(adapter: AdapterSet, head: Head, config: TrainConfig, total_steps: int
@@ -165,11 +210,10 @@ class _Trainer:
         self.head = build_head(config.head_config(data.task_type, data.labels), info.hidden_size)
         self.adapter.to(encoder.device)
         self.head.to(encoder.device)
-        tok = encoder.tokenizer
-        self.train_feats = tok.encode(data.train.texts, data.train.pairs, config.max_seq_length)
-        self.val_feats = tok.encode(data.validation.texts, data.validation.pairs,
-                                    config.max_seq_length)
-        self.targets = _target_tensor(data.train.targets, data.task_type)
+        self.train_feats, self.targets = encode_examples(encoder, data.train, data.task_type,
+                                                         config.max_seq_length)
+        self.val_feats, _ = encode_examples(encoder, data.validation, data.task_type,
+                                            config.max_seq_length)
         self.total_steps = math.ceil(len(self.train_feats) / config.batch_size) * config.epochs
         self.optimizer, self.scheduler = _optimizer(self.adapter, self.head, config,
                                                     self.total_steps)
@@ -183,7 +227,7 @@ class _Trainer:
         for epoch in range(1, self.config.epochs + 1):
             losses, timed_out = self._epoch(epoch)
             metrics = evaluate(self.encoder, self.adapter, self.head, self.val_feats,
-                               self.data.validation, self.data.task_type, len(self.data.labels))
+                               self.data.validation, self.data.task_type, self.data.labels)
             record = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), **metrics}
             history.append(record)
             if self.on_epoch is not None:
@@ -222,7 +266,9 @@ class _Trainer:
                 raise TrainingCancelled()
             batch = enc.tokenizer.collate([self.train_feats[i] for i in idx]).to(enc.device)
             outputs = self.head(enc.forward(batch, self.adapter), batch.attention_mask)
-            loss = self.head.loss(outputs, self.targets[idx].to(enc.device), cfg.label_smoothing)
+            targets = collate_targets([self.targets[i] for i in idx], self.data.task_type,
+                                      batch.input_ids.shape[1])
+            loss = self.head.loss(outputs, targets.to(enc.device), cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([*self.adapter.parameters(), *self.head.parameters()],

@@ -8,6 +8,8 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+from app.model.bio import bio_spans
+
 
 def accuracy(gold: Sequence[int], pred: Sequence[int]) -> float:
     return sum(g == p for g, p in zip(gold, pred, strict=True)) / max(1, len(gold))
@@ -69,22 +71,6 @@ def regression_metrics(gold: Sequence[float], pred: Sequence[float]) -> dict[str
 
 
 # ---------------------------------------------------------------- token classification (NER)
-def bio_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """Entities (type, first, last) in a BIO/IOB2 tag sequence, the conlleval way: an I- that
-    does not continue an entity of its own type starts a new one."""
-    spans: list[tuple[str, int, int]] = []
-    kind, start = None, 0
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, label = tag.partition("-")
-        continues = prefix == "I" and label == kind
-        if kind is not None and not continues:
-            spans.append((kind, start, i - 1))
-            kind = None
-        if prefix in ("B", "I") and not continues:
-            kind, start = label, i
-    return spans
-
-
 def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
                   ) -> dict[str, float]:
     """Entity-level precision, recall and F1 over sentences (CoNLL-2003 definition: an entity

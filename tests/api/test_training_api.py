@@ -219,3 +219,36 @@ def test_name_already_being_trained_is_a_409(api: TestClient) -> None:
 def test_unknown_job_is_a_404(api: TestClient) -> None:
     for r in (api.get("/jobs/nope"), api.delete("/jobs/nope"), api.get("/jobs/nope/events")):
         assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
+
+
+def test_token_classification_trained_and_served(api: TestClient) -> None:
+    from tests.unit.test_ner import ner_rows
+
+    r = api.post("/adapters", json={"name": "ner", "task_type": "token_classification",
+                                    "train": ner_rows(160), "config": {**QUICK, "epochs": 4}})
+    assert r.status_code == 202, r.text
+    assert r.json()["labels"] == ["O", "B-LOC", "B-ORG", "I-ORG", "B-PER"]
+    done = _wait(api, r.json()["job_id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["metrics"]["f1"] >= 0.8
+
+    text = "today john was in  london and acme corp"
+    body = api.post("/predict/ner", json={"inputs": [text, {"tokens": ["mary", "in", "paris"]}],
+                                          "return_tokens": True}).json()
+    first, second = body["predictions"]
+    assert [(e["text"], e["label"]) for e in first["entities"]] == [
+        ("john", "PER"), ("london", "LOC"), ("acme corp", "ORG")]
+    assert all(text[e["start"]:e["end"]] == e["text"] for e in first["entities"])
+    assert [t["token"] for t in first["tokens"]] == text.split()
+    assert [(e["text"], e["start"], e["end"]) for e in second["entities"]] == [
+        ("mary", 0, 4), ("paris", 8, 13)]
+
+    senti = _submit(api, name="senti", config={**QUICK, "epochs": 1})
+    _wait(api, senti["job_id"], ("succeeded",))
+    mixed = api.post("/predict/ner", json={"inputs": "john in paris"})  # alongside senti rows
+    assert [e["label"] for e in mixed.json()["predictions"][0]["entities"]] == ["PER", "LOC"]
+    for name, item, message in [
+            ("ner", {"text": "a", "text_pair": "b"}, "tags single texts"),
+            ("senti", {"tokens": ["a"]}, "is pre-split tokens")]:
+        err = api.post(f"/predict/{name}", json={"inputs": [item]})
+        assert err.status_code == 422 and message in err.json()["error"]["message"]

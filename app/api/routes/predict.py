@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from app.api.deps import ServicesDep, cancel_on_disconnect
 from app.schemas.common import ErrorResponse
-from app.schemas.predict import PredictRequest, PredictResponse
+from app.schemas.predict import PredictRequest, PredictResponse, TokensInput
 from app.serving.predictor import TextInput
 
 router = APIRouter(tags=["predict"])
@@ -22,8 +22,10 @@ router = APIRouter(tags=["predict"])
 async def predict(task: str, body: PredictRequest, request: Request, services: ServicesDep
                   ) -> PredictResponse:
     """Run the inputs through the shared base with the task's adapter and head."""
-    inputs = [TextInput(p.text, p.text_pair) for p in body.as_pairs()]
+    inputs = [TextInput(tokens=i.tokens) if isinstance(i, TokensInput)
+              else TextInput(i.text, i.text_pair) for i in body.items()]
     version, predictions = await cancel_on_disconnect(
-        request, services.predictor.predict(task, inputs, body.version))
+        request, services.predictor.predict(task, inputs, body.version,
+                                            {"return_tokens": body.return_tokens}))
     return PredictResponse.model_validate(
         {"task": task, "version": version, "predictions": predictions})
