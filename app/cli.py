@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", required=True, help="adapter name")
     train.add_argument("--data", required=True, help="training rows: JSONL or CSV")
     train.add_argument("--task-type", default="classification",
-                       choices=["classification", "regression", "token_classification"])
+                       choices=["classification", "regression", "token_classification",
+                                "question_answering"])
     train.add_argument("--labels", help="comma-separated class names (default: from the data)")
     train.add_argument("--validation", help="validation rows (default: a split of --data)")
     train.add_argument("--config-json", help='TrainConfig as JSON, e.g. \'{"epochs": 3}\'')

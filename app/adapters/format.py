@@ -27,7 +27,7 @@ from app.model.adapter import AdapterConfig, tensor_shapes
 from app.model.encoder import BaseModelInfo
 from app.model.heads import HeadConfig, build_head
 
-TaskType = Literal["classification", "regression", "token_classification"]
+TaskType = Literal["classification", "regression", "token_classification", "question_answering"]
 SAFETENSORS_DTYPES = {"F32": torch.float32}
 
 
@@ -69,7 +69,7 @@ class AdapterMetadata(BaseModel):
                              f"task_type {self.task_type!r}")
         if self.head_config.labels != self.labels:
             raise ValueError("head_config.labels differ from labels")
-        if self.task_type != "regression" and len(self.labels) < 2:
+        if self.task_type in ("classification", "token_classification") and len(self.labels) < 2:
             raise ValueError(f"a {self.task_type} adapter needs >= 2 labels, got {len(self.labels)}")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")

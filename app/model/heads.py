@@ -17,7 +17,7 @@ class HeadConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_type: Literal["classification", "regression", "token_classification"]
+    task_type: Literal["classification", "regression", "token_classification", "question_answering"]
     labels: list[str] = Field(default_factory=list, description="Class names (classification).")
     pooling: Literal["mean", "cls"] = Field("mean", description="How the sequence is pooled.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before each head layer (training).")
@@ -154,8 +154,63 @@ def word_spans(feature: Feature) -> list[tuple[int, int, int]]:
     return [(first, start, end) for first, start, end in spans.values()]
 
 
+class QuestionAnsweringHead(Head):
+    """Per token -> start and end logits; decoded into the best answer span of a window."""
+
+    task_types = ("question_answering",)
+    MAX_ANSWER_TOKENS = 30
+
+    def __init__(self, config: HeadConfig, hidden_size: int) -> None:
+        super().__init__(config, hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(hidden_size, 2)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:  # -> (B, T, 2)
+        logits = self.out(self.dropout(hidden))
+        return logits.masked_fill(attention_mask.unsqueeze(-1) == 0, -1e4)
+
+    def predict(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self(hidden, attention_mask).float()
+
+    def loss(self, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        # targets (B, 2): start and end token of the answer, (0, 0) when it is not in the window
+        start = nn.functional.cross_entropy(outputs[..., 0].float(), targets[:, 0])
+        end = nn.functional.cross_entropy(outputs[..., 1].float(), targets[:, 1])
+        return (start + end) / 2
+
+    def decode(self, output: Tensor, feature: Feature) -> dict[str, Any]:
+        """The best span of this window; merge() picks the best over an input's windows."""
+        n = len(feature)
+        logp = output[:n].log_softmax(0)  # (T, 2)
+        context = torch.tensor([w is not None for w in feature.word_ids])
+        limit = int(feature.options.get("max_answer_tokens", self.MAX_ANSWER_TOKENS))  # type: ignore[call-overload]
+        scores = logp[:, 0, None] + logp[None, :, 1]  # (start, end)
+        i = torch.arange(n)
+        valid = (context[:, None] & context[None, :] & (i[None, :] >= i[:, None])
+                 & (i[None, :] - i[:, None] < limit))
+        null = float((logp[0, 0] + logp[0, 1]).exp())
+        if not bool(valid.any()):
+            return {"answer": "", "start": 0, "end": 0, "score": 0.0, "null_score": null}
+        best = int(scores.masked_fill(~valid, float("-inf")).flatten().argmax())
+        s, e = divmod(best, n)
+        start, end = feature.offsets[s][0], feature.offsets[e][1]
+        return {"answer": feature.text[start:end], "start": start, "end": end,
+                "score": float(scores[s, e].exp()), "null_score": null}
+
+    @staticmethod
+    def merge(windows: list[dict[str, Any]], allow_empty: bool = False) -> dict[str, Any]:
+        """One answer per input: the best-scoring window's span, or (when allowed and the
+        windows agree there is none) an empty answer with the no-answer score."""
+        best = max(windows, key=lambda w: w["score"])
+        null = min(w["null_score"] for w in windows)
+        if not best["answer"] or (allow_empty and null > best["score"]):
+            return {"answer": "", "start": 0, "end": 0, "score": best["score"]}
+        return {k: best[k] for k in ("answer", "start", "end", "score")}
+
+
 HEAD_TYPES: dict[str, type[Head]] = {
-    t: cls for cls in (SequenceHead, TokenClassificationHead) for t in cls.task_types}
+    t: cls for cls in (SequenceHead, TokenClassificationHead, QuestionAnsweringHead)
+    for t in cls.task_types}
 
 
 def build_head(config: HeadConfig, hidden_size: int) -> Head:

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from app.errors import InvalidInputError
+
 
 @dataclass
 class Feature:
@@ -19,6 +21,7 @@ class Feature:
     word_ids: list[int | None] = field(default_factory=list)  # token -> word (None: special)
     text: str = ""  # what the offsets point into
     options: dict[str, object] = field(default_factory=dict)  # per-request decoding options
+    group: int = 0  # QA: which input this window belongs to
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -81,6 +84,39 @@ class TextEncoder:
                     enc.word_ids(i), texts[i])
             for i, ids in enumerate(enc["input_ids"])
         ]
+
+    def encode_qa(self, questions: list[str], contexts: list[str], stride: int,
+                  max_length: int | None = None) -> list[Feature]:
+        """Question + context windows: a long context is split into windows overlapping by
+        `stride` tokens. Offsets point into the context; question and special tokens get None
+        as word id, so only context tokens can be part of an answer."""
+        if not questions:
+            return []
+        limit = min(max_length or self.max_length, self.max_length)
+        longest = max(len(ids) for ids in self.tokenizer(questions)["input_ids"])
+        room = limit - longest - 1  # context tokens per window (question, CLS, SEP, SEP)
+        if room < 8:
+            raise InvalidInputError(f"a question of {longest} tokens leaves no room for its "
+                                    f"context within {limit} tokens")
+        stride = min(stride, room // 2)  # windows must still advance
+        try:
+            enc = self.tokenizer(questions, contexts, truncation="only_second", max_length=limit,
+                                 stride=stride, return_overflowing_tokens=True,
+                                 return_offsets_mapping=True, return_attention_mask=False)
+        except Exception as exc:  # the tokenizer's own words for "the question leaves no room"
+            raise InvalidInputError(f"a question is too long to leave room for its context "
+                                    f"within {limit} tokens: {exc}") from exc
+        types = enc.get("token_type_ids") if self.uses_token_types else None
+        features = []
+        for i, ids in enumerate(enc["input_ids"]):
+            example = enc["overflow_to_sample_mapping"][i]
+            in_context = [s == 1 for s in enc.sequence_ids(i)]
+            offsets = [o if c else (0, 0) for o, c in zip(enc["offset_mapping"][i], in_context,
+                                                             strict=True)]
+            word_ids = [k if c else None for k, c in enumerate(in_context)]
+            features.append(Feature(ids, types[i] if types is not None else None, offsets,
+                                    word_ids, contexts[example], group=example))
+        return features
 
     def encode_words(self, words: list[list[str]], max_length: int | None = None
                      ) -> list[Feature]:

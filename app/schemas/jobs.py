@@ -20,11 +20,14 @@ class TrainRequestBody(BaseModel):
     }]})
 
     name: str = Field(description="Adapter name: [a-z0-9][a-z0-9_-]{0,63}.")
-    task_type: Literal["classification", "regression", "token_classification"]
+    task_type: Literal["classification", "regression", "token_classification",
+                       "question_answering"]
     labels: list[str] | None = Field(None, description="Class names or BIO tags; default: those "
                                      "in train.")
     train: list[Any] = Field(description='Rows {"text", "text_pair"?, "label"}; for '
-                             'token_classification {"tokens", "tags"} or {"text", "entities"}.')
+                             'token_classification {"tokens", "tags"} or {"text", "entities"}; '
+                             'for question_answering {"question", "context", "answers": '
+                             '{"text": [...], "answer_start": [...]}}.')
     validation: list[Any] | None = Field(None, description="Rows; default: a split of train.")
     config: TrainConfig = Field(default_factory=TrainConfig)
     description: str = Field("", max_length=2000)

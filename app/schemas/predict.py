@@ -18,22 +18,33 @@ class TokensInput(BaseModel):
     tokens: list[str] = Field(min_length=1, description="Pre-split words (token classification).")
 
 
+class QAInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str
+    context: str
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"inputs": ["a gripping, funny film", "dull and slow"]}]},
     )
 
-    inputs: str | list[str | PairInput | TokensInput] = Field(
-        description="One text, a list of texts, a list of {text, text_pair} objects, or (token "
-        "classification) a list of {tokens} objects."
+    inputs: str | QAInput | list[str | PairInput | TokensInput | QAInput] = Field(
+        description="One text, a list of texts, a list of {text, text_pair} objects, (token "
+        "classification) {tokens} objects, or (question answering) {question, context} objects."
     )
     version: int | None = Field(None, ge=1, description="Adapter version; default the newest.")
     return_tokens: bool = Field(False, description="Token classification: also the tag of "
                                 "every word.")
+    max_answer_tokens: int = Field(30, ge=1, le=512, description="Question answering: longest "
+                                   "answer, in tokens.")
+    allow_empty: bool = Field(False, description="Question answering: answer \"\" (with a low "
+                              "score) when no span beats the no-answer score.")
 
-    def items(self) -> list[PairInput | TokensInput]:
-        items = [self.inputs] if isinstance(self.inputs, str) else self.inputs
+    def items(self) -> list[PairInput | TokensInput | QAInput]:
+        items = [self.inputs] if isinstance(self.inputs, str | QAInput) else self.inputs
         return [PairInput(text=i) if isinstance(i, str) else i for i in items]
 
 
@@ -68,7 +79,15 @@ class EntitiesPrediction(BaseModel):
     tokens: list[TokenTag] | None = None
 
 
+class AnswerPrediction(BaseModel):
+    answer: str = Field(description="The answer span; empty when none was found.")
+    start: int = Field(description="Character offset of the answer in the context.")
+    end: int
+    score: float
+
+
 class PredictResponse(BaseModel):
     task: str
     version: int
-    predictions: list[ClassificationPrediction | RegressionPrediction | EntitiesPrediction]
+    predictions: list[ClassificationPrediction | RegressionPrediction | EntitiesPrediction
+                      | AnswerPrediction]

@@ -8,6 +8,7 @@ from typing import Any
 
 from app.adapters.registry import AdapterRegistry
 from app.errors import InvalidInputError, PayloadTooLargeError, RequestTimeoutError
+from app.model.heads import QuestionAnsweringHead
 from app.model.tokenization import Feature, TextEncoder
 from app.serving.batcher import Batcher
 from app.serving.engine import Row
@@ -18,6 +19,7 @@ class TextInput:
     text: str = ""
     text_pair: str | None = None
     tokens: list[str] | None = None  # pre-split words (token classification)
+    question: str | None = None  # question answering: `text` is then the context
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class PredictLimits:
     max_inputs: int
     max_text_chars: int
     timeout_s: float = 30.0
+    doc_stride: int = 128  # question answering: overlap of a long context's windows
 
 
 class PredictionService:
@@ -42,19 +45,29 @@ class PredictionService:
         key = self.registry.resolve(task, version)
         task_type = self.registry.metadata(key).task_type
         self._check_kind(task, task_type, inputs)
+        options = options or {}
         features = await asyncio.to_thread(self.tokenize, inputs, task_type)
         for f in features:
-            f.options = options or {}
+            f.options = options
         try:
-            predictions = await asyncio.wait_for(
+            rows = await asyncio.wait_for(
                 self.batcher.submit([Row(key, f) for f in features]), self.limits.timeout_s)
         except TimeoutError:
             raise RequestTimeoutError(
                 f"no answer within {self.limits.timeout_s:g} s (REQUEST_TIMEOUT_S); the service is "
                 f"overloaded or the request too large") from None
-        return key[1], predictions
+        if task_type != "question_answering":
+            return key[1], rows
+        windows: list[list[dict[str, Any]]] = [[] for _ in inputs]
+        for f, row in zip(features, rows, strict=True):
+            windows[f.group].append(row)
+        allow_empty = bool(options.get("allow_empty", False))
+        return key[1], [QuestionAnsweringHead.merge(w, allow_empty) for w in windows]
 
     def tokenize(self, inputs: list[TextInput], task_type: str) -> list[Feature]:
+        if task_type == "question_answering":
+            return self.tokenizer.encode_qa([i.question or "" for i in inputs],
+                                            [i.text for i in inputs], self.limits.doc_stride)
         if task_type != "token_classification":
             return self.tokenizer.encode([i.text for i in inputs], [i.text_pair for i in inputs])
         features: list[Feature | None] = [None] * len(inputs)
@@ -69,6 +82,10 @@ class PredictionService:
     @staticmethod
     def _check_kind(task: str, task_type: str, inputs: list[TextInput]) -> None:
         for n, item in enumerate(inputs):
+            if (item.question is None) == (task_type == "question_answering"):
+                want = "{question, context}" if task_type == "question_answering" else "text"
+                raise InvalidInputError(f"inputs[{n}] does not fit adapter {task!r}, which is "
+                                        f"{task_type}: send {want}")
             if item.tokens is not None and task_type != "token_classification":
                 raise InvalidInputError(f"inputs[{n}] is pre-split tokens, but adapter {task!r} is "
                                         f"{task_type}: send text")
@@ -88,11 +105,13 @@ class PredictionService:
                 if not all(isinstance(t, str) and t.strip() for t in item.tokens):
                     raise InvalidInputError(f"inputs[{n}].tokens must be non-empty strings")
                 item = TextInput(" ".join(item.tokens))
-            for field_name, value in (("text", item.text), ("text_pair", item.text_pair)):
+            main = "text" if item.question is None else "context"
+            for field_name, value in ((main, item.text), ("text_pair", item.text_pair),
+                                      ("question", item.question)):
                 if value is not None and len(value) > self.limits.max_text_chars:
                     raise PayloadTooLargeError(
                         f"inputs[{n}].{field_name} has {len(value)} characters; the limit is "
                         f"{self.limits.max_text_chars}",
                     )
-            if not item.text.strip():
-                raise InvalidInputError(f"inputs[{n}].text is empty")
+                if field_name != "text_pair" and value is not None and not value.strip():
+                    raise InvalidInputError(f"inputs[{n}].{field_name} is empty")

@@ -29,7 +29,10 @@ class TrainConfig(BaseModel):
     epochs: int = Field(3, ge=1, le=100)
     learning_rate: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(32, ge=1, le=1024)
-    max_seq_length: int = Field(128, ge=8, le=4096, description="Tokens per training example.")
+    max_seq_length: int | None = Field(None, ge=8, le=4096, description="Tokens per training "
+                                       "example; default 384 for question answering, else 128.")
+    doc_stride: int = Field(128, ge=0, description="QA: tokens shared by consecutive windows of "
+                            "a long context.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with rising LR.")
     weight_decay: float = Field(0.01, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -41,6 +44,11 @@ class TrainConfig(BaseModel):
                                        description="Held out from train when no validation set.")
     seed: int = Field(42, ge=0)
     max_train_seconds: float | None = Field(None, gt=0, description="Cap on training time.")
+
+    def seq_length(self, task_type: str) -> int:
+        if self.max_seq_length is not None:
+            return self.max_seq_length
+        return 384 if task_type == "question_answering" else 128
 
     def adapter_config(self) -> AdapterConfig:
         return AdapterConfig(bottleneck_size=self.bottleneck_size,

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.errors import InvalidInputError
 
-TASK_TYPES = ("classification", "regression", "token_classification")
+TASK_TYPES = ("classification", "regression", "token_classification", "question_answering")
 WORD_RE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -236,6 +236,8 @@ def prepare(task_type: str, train_rows: list[Any], validation_rows: list[Any] | 
     total = len(train_rows) + len(validation_rows or [])
     if total > max_rows:
         raise InvalidInputError(f"{total} rows exceed the limit of {max_rows} (MAX_TRAIN_ROWS)")
+    if task_type == "question_answering":
+        return _prepare_qa(train_rows, validation_rows, validation_fraction, seed, max_chars)
     if task_type == "token_classification":
         return _prepare_tokens(train_rows, validation_rows, labels, validation_fraction, seed,
                                max_chars)
@@ -279,6 +281,50 @@ def _prepare_tokens(train_rows: list[Any], validation_rows: list[Any] | None,
     train_idx, val_idx = split(train.targets, "token_classification", fraction, seed)
     return TrainingData("token_classification", labels, train.subset(train_idx),
                         train.subset(val_idx), False)
+
+
+def _qa_rows(rows: list[Any], what: str, max_chars: int) -> Examples:
+    """SQuAD-style rows; targets are {"start", "text", "answers"} (the first answer trains)."""
+    questions, contexts, targets = [], [], []
+    for i, row in enumerate(rows):
+        where = f"{what}[{i}]"
+        if not isinstance(row, dict):
+            raise InvalidInputError(f"{where} must be an object with question, context, answers")
+        for key in ("question", "context"):
+            value = row.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidInputError(f"{where}.{key} must be a non-empty string")
+            if len(value) > max_chars:
+                raise InvalidInputError(f"{where}.{key} has {len(value)} characters; the limit "
+                                        f"is {max_chars}")
+        answers = row.get("answers")
+        texts = answers.get("text") if isinstance(answers, dict) else None
+        starts = answers.get("answer_start") if isinstance(answers, dict) else None
+        if not isinstance(texts, list) or not isinstance(starts, list) or not texts \
+                or len(texts) != len(starts):
+            raise InvalidInputError(f"{where}.answers must be {{\"text\": [...], "
+                                    f"\"answer_start\": [...]}} of equal, non-zero length")
+        context = row["context"]
+        for j, (text, start) in enumerate(zip(texts, starts, strict=True)):
+            if not isinstance(text, str) or not text or not isinstance(start, int) \
+                    or context[start:start + len(text)] != text:
+                raise InvalidInputError(f"{where}.answers[{j}] {text!r} is not inside the context "
+                                        f"at {start!r}")
+        questions.append(row["question"])
+        contexts.append(context)
+        targets.append({"start": starts[0], "text": texts[0], "answers": list(texts)})
+    return Examples(questions, contexts, targets)  # type: ignore[arg-type]
+
+
+def _prepare_qa(train_rows: list[Any], validation_rows: list[Any] | None, fraction: float,
+                seed: int, max_chars: int) -> TrainingData:
+    train = _qa_rows(train_rows, "train", max_chars)
+    if validation_rows:
+        return TrainingData("question_answering", [], train,
+                            _qa_rows(validation_rows, "validation", max_chars), True)
+    train_idx, val_idx = split(train.targets, "question_answering", fraction, seed)
+    return TrainingData("question_answering", [], train.subset(train_idx), train.subset(val_idx),
+                        False)
 
 
 def split(targets: list[Any], task_type: str, fraction: float, seed: int

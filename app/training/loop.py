@@ -15,11 +15,16 @@ from torch import Tensor
 
 from app.model.adapter import AdapterSet
 from app.model.encoder import FrozenEncoder
-from app.model.heads import Head, build_head
+from app.model.heads import Head, QuestionAnsweringHead, build_head
 from app.model.tokenization import Feature
 from app.training.config import TrainConfig
 from app.training.data import Examples, TrainingData
-from app.training.metrics import classification_metrics, entity_scores, regression_metrics
+from app.training.metrics import (
+    classification_metrics,
+    entity_scores,
+    regression_metrics,
+    squad_scores,
+)
 
 log = logging.getLogger(__name__)
 POOL_BATCHES = 50  # batches drawn together and sorted by length: little padding, still shuffled
@@ -84,14 +89,20 @@ def primary_metric(task_type: str, metrics: dict[str, float]) -> tuple[float, fl
         return metrics["accuracy"], metrics["macro_f1"]
     if task_type == "token_classification":
         return metrics["f1"], metrics["precision"]
+    if task_type == "question_answering":
+        return metrics["f1"], metrics["exact_match"]
     return metrics["pearson"], -metrics["mse"]
 
 
-def encode_examples(encoder: FrozenEncoder, examples: Examples, task_type: str, max_length: int
-                    ) -> tuple[list[Feature], list[Any]]:
+def encode_examples(encoder: FrozenEncoder, examples: Examples, task_type: str, max_length: int,
+                    stride: int = 128) -> tuple[list[Feature], list[Any]]:
     """Features and, per feature, its target (NER: a tag index on each word's first sub-token,
-    -100 on every other token, so only those count in the loss)."""
+    -100 on every other token, so only those count in the loss; QA: the answer's first and
+    last token in the window, or (0, 0) when the window does not hold all of it)."""
     tok = encoder.tokenizer
+    if task_type == "question_answering":
+        features = tok.encode_qa(examples.texts, examples.pairs, stride, max_length)  # type: ignore[arg-type]
+        return features, [_answer_tokens(f, examples.targets[f.group]) for f in features]
     if task_type != "token_classification":
         return tok.encode(examples.texts, examples.pairs, max_length), examples.targets
     assert examples.words is not None
@@ -108,8 +119,24 @@ def encode_examples(encoder: FrozenEncoder, examples: Examples, task_type: str, 
     return features, targets
 
 
+def _answer_tokens(feature: Feature, target: dict[str, Any]) -> tuple[int, int]:
+    start, end = target["start"], target["start"] + len(target["text"])
+    first = last = None
+    for i, w in enumerate(feature.word_ids):
+        if w is None:
+            continue
+        a, b = feature.offsets[i]
+        if first is None and a <= start < b:
+            first = i
+        if a < end <= b:
+            last = i
+    return (first, last) if first is not None and last is not None else (0, 0)
+
+
 def collate_targets(targets: list[Any], task_type: str, length: int) -> Tensor:
     """(B,) class indices or values, or (B, T) token tags padded with -100."""
+    if task_type == "question_answering":
+        return torch.tensor(targets, dtype=torch.long)  # (B, 2)
     if task_type == "token_classification":
         out = torch.full((len(targets), length), -100, dtype=torch.long)
         for i, t in enumerate(targets):
@@ -139,6 +166,12 @@ def predict_outputs(encoder: FrozenEncoder, adapter: AdapterSet, head: Head,
 def evaluate(encoder: FrozenEncoder, adapter: AdapterSet, head: Head, features: list[Feature],
              examples: Examples, task_type: str, labels: list[str]) -> dict[str, float]:
     outputs = predict_outputs(encoder, adapter, head, features)
+    if task_type == "question_answering":
+        windows: list[list[dict[str, Any]]] = [[] for _ in examples.targets]
+        for out, f in zip(outputs, features, strict=True):
+            windows[f.group].append(head.decode(out, f))
+        answers = [QuestionAnsweringHead.merge(w)["answer"] for w in windows]
+        return squad_scores(answers, [t["answers"] for t in examples.targets])
     if task_type == "token_classification":
         return entity_scores([[labels[t] for t in seq] for seq in examples.targets],
                              [_word_tags(o, f, labels, len(seq))
@@ -210,10 +243,11 @@ class _Trainer:
         self.head = build_head(config.head_config(data.task_type, data.labels), info.hidden_size)
         self.adapter.to(encoder.device)
         self.head.to(encoder.device)
+        length = config.seq_length(data.task_type)
         self.train_feats, self.targets = encode_examples(encoder, data.train, data.task_type,
-                                                         config.max_seq_length)
-        self.val_feats, _ = encode_examples(encoder, data.validation, data.task_type,
-                                            config.max_seq_length)
+                                                         length, config.doc_stride)
+        self.val_feats, _ = encode_examples(encoder, data.validation, data.task_type, length,
+                                            config.doc_stride)
         self.total_steps = math.ceil(len(self.train_feats) / config.batch_size) * config.epochs
         self.optimizer, self.scheduler = _optimizer(self.adapter, self.head, config,
                                                     self.total_steps)

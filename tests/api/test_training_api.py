@@ -252,3 +252,31 @@ def test_token_classification_trained_and_served(api: TestClient) -> None:
             ("senti", {"tokens": ["a"]}, "is pre-split tokens")]:
         err = api.post(f"/predict/{name}", json={"inputs": [item]})
         assert err.status_code == 422 and message in err.json()["error"]["message"]
+
+
+def test_question_answering_trained_and_served(api: TestClient) -> None:
+    from tests.unit.test_qa import qa_rows
+
+    config = {**QUICK, "epochs": 6, "max_seq_length": 32, "doc_stride": 8}
+    r = api.post("/adapters", json={"name": "qa", "task_type": "question_answering",
+                                    "train": qa_rows(160), "config": config})
+    assert r.status_code == 202, r.text
+    done = _wait(api, r.json()["job_id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["metrics"]["exact_match"] >= 0.8
+
+    context = "the film was good and mary was very fun today in the film"
+    long_context = " ".join(["the film was good"] * 30 + ["john"])  # many windows
+    body = api.post("/predict/qa", json={"inputs": [
+        {"question": "who was it ?", "context": context},
+        {"question": "who was it ?", "context": long_context}]}).json()
+    short, long = body["predictions"]
+    assert (short["answer"], context[short["start"]:short["end"]]) == ("mary", "mary")
+    assert long["answer"] == "john" and long_context[long["start"]:long["end"]] == "john"
+    for item, message in [({"text": "x"}, "send {question, context}"),
+                          ({"question": "q", "context": " "}, "context is empty")]:
+        err = api.post("/predict/qa", json={"inputs": [item]})
+        assert err.status_code == 422 and message in err.json()["error"]["message"]
+    bad = api.post("/adapters", json={"name": "qa2", "task_type": "question_answering", "train": [
+        {"question": "q", "context": "abc", "answers": {"text": ["x"], "answer_start": [1]}}] * 8})
+    assert bad.status_code == 422 and "not inside the context" in bad.json()["error"]["message"]
