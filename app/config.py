@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # --- request limits ---------------------------------------------------------------------
     max_inputs_per_request: int = Field(256, ge=1, description="Inputs in one predict request.")
     max_text_chars: int = Field(20_000, ge=1, description="Characters in one text (or text pair member).")
+    qa_doc_stride: int = Field(128, ge=0, description="Question answering: tokens shared by "
+                               "consecutive windows of a long context.")
 
     # --- batching ---------------------------------------------------------------------------
     batching_enabled: bool = Field(True, description="Off: every request runs alone (baseline).")

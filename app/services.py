@@ -52,7 +52,8 @@ class Services:
             enabled=settings.batching_enabled,
         ))
         predictor = PredictionService(registry, encoder.tokenizer, batcher, PredictLimits(
-            settings.max_inputs_per_request, settings.max_text_chars, settings.request_timeout_s))
+            settings.max_inputs_per_request, settings.max_text_chars, settings.request_timeout_s,
+            settings.qa_doc_stride))
         adapters = AdapterService(store, registry, settings.max_adapter_bytes)
         jobs = JobManager(settings, on_stored=registry.ensure_indexed)
         return cls(settings, encoder, store, registry, adapters, batcher, predictor, jobs)

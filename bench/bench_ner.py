@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         examples = prepare("token_classification", rows, rows, data.labels, 0.1, 0, 10**7,
                            10**6).validation
         features, _ = encode_examples(encoder, examples, "token_classification",
-                                      config.max_seq_length)
+                                      config.seq_length("token_classification"))
         result[split] = {k: round(v, 4) for k, v in evaluate(
             encoder, trained.adapter, trained.head, features, examples, "token_classification",
             data.labels).items()}
