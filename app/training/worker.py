@@ -36,6 +36,7 @@ def train_and_store(encoder: FrozenEncoder, store: AdapterStore, name: str, data
     metrics = {"validation": result.best_metrics, "best_epoch": result.best_epoch,
                "history": result.history, "stop_reason": result.stop_reason,
                "train_examples": len(data.train), "validation_examples": len(data.validation),
+               "validation_source": "given" if data.validation_given else "split of train",
                "train_seconds": round(result.train_seconds, 2),
                "train_examples_per_second": round(result.examples_per_second, 1),
                "config": config.model_dump()}

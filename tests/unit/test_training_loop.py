@@ -108,6 +108,7 @@ def test_trained_adapter_is_stored_with_its_metrics(encoder: FrozenEncoder, stor
     assert (stored.name, stored.version, stored.labels) == ("t", 1, ["neg", "pos"])
     assert stored.metrics["best_epoch"] == result.best_epoch
     assert stored.metrics["validation"]["accuracy"] == result.best_metrics["accuracy"]
+    assert stored.metrics["validation_source"] == "split of train"
     loaded = store.load("t", 1, encoder.info)
     for k, v in result.adapter.state_dict().items():
         assert torch.equal(loaded.adapter[k], v)
