@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ class JobManager:
         self._ctx = multiprocessing.get_context("spawn")
         self._task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
+        # A tick runs in a thread that cancelling the dispatcher does not stop: stop() takes this
+        # lock so that a worker launched by an in-flight tick is still stopped and requeued.
+        self._tick_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- API
     def submit(self, req: TrainRequest) -> Job:
@@ -109,6 +113,13 @@ class JobManager:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await asyncio.to_thread(self._tick_lock.acquire)
+        try:
+            await self._stop_workers()
+        finally:
+            self._tick_lock.release()
+
+    async def _stop_workers(self) -> None:
         for job_id, proc in list(self._procs.items()):
             proc.terminate()
             await asyncio.to_thread(proc.join, 10)
@@ -130,13 +141,14 @@ class JobManager:
                 await asyncio.wait_for(self._wakeup.wait(), DISPATCH_INTERVAL_S)
 
     def _tick(self) -> None:
-        self._reap()
-        self._enforce_cancels()
-        while len(self._procs) < self.settings.training_concurrency:
-            job = self.db.claim_next()
-            if job is None:
-                break
-            self._launch(job)
+        with self._tick_lock:
+            self._reap()
+            self._enforce_cancels()
+            while len(self._procs) < self.settings.training_concurrency:
+                job = self.db.claim_next()
+                if job is None:
+                    break
+                self._launch(job)
 
     def _launch(self, job: Job) -> None:
         proc = self._ctx.Process(
