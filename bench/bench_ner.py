@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     data = prepare("token_classification", train, validation, None, config.validation_fraction,
                    config.seed, 10**7, 10**6)
     result: dict[str, Any] = {"machine": machine_info(encoder), "train_sentences": len(train),
-                              "config": config.model_dump()}
+                              "config": config.resolved("token_classification").model_dump()}
     t0 = time.perf_counter()
     with CpuMonitor() as mon:
         trained = train_adapter(encoder, data, config,
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         examples = prepare("token_classification", rows, rows, data.labels, 0.1, 0, 10**7,
                            10**6).validation
         features, _ = encode_examples(encoder, examples, "token_classification",
-                                      config.seq_length("token_classification"))
+                                      config.resolved("token_classification").max_seq_length)
         result[split] = {k: round(v, 4) for k, v in evaluate(
             encoder, trained.adapter, trained.head, features, examples, "token_classification",
             data.labels).items()}

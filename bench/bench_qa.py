@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     data = prepare("question_answering", train, None, None, config.validation_fraction,
                    config.seed, 10**7, 10**6)
     result: dict[str, Any] = {"machine": machine_info(encoder), "train_questions": len(train),
-                              "test_questions": len(test), "config": config.model_dump()}
+                              "test_questions": len(test),
+                              "config": config.resolved("question_answering").model_dump()}
     t0 = time.perf_counter()
     with CpuMonitor() as mon:
         trained = train_adapter(encoder, data, config, on_epoch=lambda r: log.info("epoch %s", r))
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         "examples_per_s": round(trained.examples_per_second, 1), "best_epoch": trained.best_epoch,
         "history": trained.history, "machine": mon.result}
     examples = prepare("question_answering", test, test, None, 0.1, 0, 10**7, 10**6).validation
-    length = config.seq_length("question_answering")
+    length = config.resolved("question_answering").max_seq_length
     features, _ = encode_examples(encoder, examples, "question_answering", length,
                                   config.doc_stride)
     t1 = time.perf_counter()

@@ -195,6 +195,7 @@ def _word_tags(output: Tensor, feature: Feature, labels: list[str], n_words: int
 
 def _optimizer(adapter: AdapterSet, head: Head, config: TrainConfig, total_steps: int
                ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    assert config.learning_rate is not None, "not resolved"
     groups = []
     for module, lr in ((adapter, config.learning_rate),
                        (head, config.learning_rate * config.head_lr_multiplier)):
@@ -220,6 +221,7 @@ def train_adapter(encoder: FrozenEncoder, data: TrainingData, config: TrainConfi
                   on_epoch: Callable[[dict[str, Any]], None] | None = None,
                   should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Fit a fresh adapter + head on data.train, keep the epoch best on data.validation."""
+    config = config.resolved(data.task_type)
     torch.manual_seed(config.seed)
     trainer = _Trainer(encoder, data, config, on_progress, on_epoch, should_stop)
     try:
@@ -243,12 +245,13 @@ class _Trainer:
         self.head = build_head(config.head_config(data.task_type, data.labels), info.hidden_size)
         self.adapter.to(encoder.device)
         self.head.to(encoder.device)
-        length = config.seq_length(data.task_type)
+        assert config.epochs and config.learning_rate and config.max_seq_length, "not resolved"
+        self.epochs, length = config.epochs, config.max_seq_length
         self.train_feats, self.targets = encode_examples(encoder, data.train, data.task_type,
                                                          length, config.doc_stride)
         self.val_feats, _ = encode_examples(encoder, data.validation, data.task_type, length,
                                             config.doc_stride)
-        self.total_steps = math.ceil(len(self.train_feats) / config.batch_size) * config.epochs
+        self.total_steps = math.ceil(len(self.train_feats) / config.batch_size) * self.epochs
         self.optimizer, self.scheduler = _optimizer(self.adapter, self.head, config,
                                                     self.total_steps)
         self.step = self.seen = 0
@@ -258,7 +261,7 @@ class _Trainer:
         history: list[dict[str, Any]] = []
         best: tuple[tuple[float, float], int, dict[str, Tensor], dict[str, Tensor]] | None = None
         stop_reason, stale = "completed", 0
-        for epoch in range(1, self.config.epochs + 1):
+        for epoch in range(1, self.epochs + 1):
             losses, timed_out = self._epoch(epoch)
             metrics = evaluate(self.encoder, self.adapter, self.head, self.val_feats,
                                self.data.validation, self.data.task_type, self.data.labels)
@@ -276,7 +279,7 @@ class _Trainer:
             if timed_out:
                 stop_reason = "time limit"
                 break
-            if stale >= self.config.patience and epoch < self.config.epochs:
+            if stale >= self.config.patience and epoch < self.epochs:
                 stop_reason = "early stopping"
                 break
         assert best is not None
@@ -314,7 +317,7 @@ class _Trainer:
             losses.append(loss.detach().item())
             elapsed = time.perf_counter() - self.start
             if self.on_progress is not None:
-                self.on_progress(Progress(epoch, cfg.epochs, self.step, self.total_steps,
+                self.on_progress(Progress(epoch, self.epochs, self.step, self.total_steps,
                                           losses[-1], elapsed))
             if cfg.max_train_seconds and elapsed > cfg.max_train_seconds:
                 return losses, True

@@ -32,6 +32,7 @@ def train_and_store(encoder: FrozenEncoder, store: AdapterStore, name: str, data
                     before_save: Callable[[], None] | None = None, **callbacks: Any
                     ) -> tuple[AdapterMetadata, TrainResult]:
     """Train, then store the best epoch as a new version of `name` (used by worker and CLI)."""
+    config = config.resolved(data.task_type)
     result = train_adapter(encoder, data, config, **callbacks)
     metrics = {"validation": result.best_metrics, "best_epoch": result.best_epoch,
                "history": result.history, "stop_reason": result.stop_reason,
