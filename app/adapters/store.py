@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
 import threading
-import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,6 @@ log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".deleted-"
-STALE_TMP_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,56 @@ def _write_file(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _locked_temp_dir(name_dir: Path) -> Iterator[Path]:
+    """A new temporary directory in name_dir, flock'ed by this process until the block ends.
+
+    The kernel drops the lock when its holder dies, however it dies, so an unlocked temporary
+    directory is one that clean_stale may remove, and a locked one belongs to a live writer.
+    """
+    for attempt in range(1, 11):
+        name_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=name_dir))
+            fd = os.open(tmp, os.O_RDONLY)
+        except FileNotFoundError:
+            if attempt == 10:
+                raise
+            continue  # a concurrent delete or clean removed the directory: make another
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A cleaner may have locked and removed it before we held the lock: then retry.
+            if _is_same_dir(fd, tmp):
+                yield tmp
+                return
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became a version
+            os.close(fd)
+    raise FileNotFoundError(errno.ENOENT, "temporary directories keep vanishing", str(name_dir))
+
+
+def _is_same_dir(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _remove_if_abandoned(tmp: Path) -> None:
+    """Remove a temporary directory whose writer has died (see _locked_temp_dir)."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(tmp, ignore_errors=True)  # under the lock: no writer can take it now
+    except OSError:
+        pass  # locked: a writer is still at work in it
+    finally:
+        os.close(fd)
 
 
 class AdapterStore:
@@ -160,19 +211,13 @@ class AdapterStore:
         """Write a new version of meta.name (the next number); returns the stored metadata."""
         name_dir = self._name_dir(meta.name)
         try:
-            name_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=name_dir))
-        except OSError as exc:
-            raise StoreWriteError(f"cannot write to the adapter store: {exc.strerror}") from exc
-        try:
-            with self._lock:
+            with _locked_temp_dir(name_dir) as tmp, self._lock:
                 return self._commit(meta, tensors, name_dir, tmp)
         except OSError as exc:
             raise StoreWriteError(
-                f"saving adapter {meta.name!r} failed: {exc.strerror or exc}; nothing was stored"
+                f"cannot write adapter {meta.name!r} to the adapter store: "
+                f"{exc.strerror or exc}; nothing was stored"
             ) from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _commit(self, meta: AdapterMetadata, tensors: dict[str, Tensor], name_dir: Path,
                 tmp: Path) -> AdapterMetadata:
@@ -217,21 +262,23 @@ class AdapterStore:
             shutil.rmtree(trash, ignore_errors=True)
         _fsync_dir(name_dir)
         if not self.versions(name):
-            shutil.rmtree(name_dir, ignore_errors=True)
+            # rmdir, not rmtree: a writer's temporary directory in there must survive.
+            with contextlib.suppress(OSError):
+                name_dir.rmdir()
         return targets
 
     def clean_stale(self) -> None:
-        """Remove temporary and trash directories left by a crash."""
+        """Remove temporary directories of writers that died, and trash left by a crash.
+
+        Safe while other processes save into the store: their directories are locked.
+        """
         if not self.root.is_dir():
             return
-        now = time.time()
         for name_dir in self.root.iterdir():
             if not name_dir.is_dir():
                 continue
             for entry in name_dir.iterdir():
-                stale = entry.name.startswith(TRASH_PREFIX) or (
-                    entry.name.startswith(TMP_PREFIX)
-                    and now - entry.stat().st_mtime > STALE_TMP_SECONDS
-                )
-                if stale:
+                if entry.name.startswith(TRASH_PREFIX):
                     shutil.rmtree(entry, ignore_errors=True)
+                elif entry.name.startswith(TMP_PREFIX):
+                    _remove_if_abandoned(entry)
