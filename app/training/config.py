@@ -24,7 +24,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 class TrainConfig(BaseModel):
     """What `POST /adapters` accepts under "config" (and the CLI under --config-json)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # JSON allows Infinity
 
     # adapter shape
     bottleneck_size: int | None = Field(None, ge=1, le=MAX_BOTTLENECK,
@@ -55,7 +55,7 @@ class TrainConfig(BaseModel):
     patience: int = Field(2, ge=1, description="Epochs without validation gain before stopping.")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5,
                                        description="Held out from train when no validation set.")
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # a larger one (torch takes 64 bits) fails late
     max_train_seconds: float | None = Field(None, gt=0, description="Cap on training time.")
 
     def resolved(self, task_type: str) -> TrainConfig:

@@ -178,6 +178,9 @@ def test_graceful_shutdown_requeues_the_running_job(train_settings: Settings) ->
     ({"config": {"epochs": 0}}, 422, "validation_error", "config.epochs"),
     ({"config": {"learning_rate": "fast"}}, 422, "validation_error", "config.learning_rate"),
     ({"config": {"unknown": 1}}, 422, "validation_error", "config.unknown"),
+    ({"config": {"reduction_factor": float("inf")}}, 422, "validation_error",
+     "config.reduction_factor: Input should be a finite number"),
+    ({"config": {"seed": 2**70}}, 422, "validation_error", "config.seed"),
     ({"train": sentiment_rows(600)}, 422, "invalid_input", "exceed the limit of 500"),
     ({"train": [{"text": "x" * 300_000, "label": "a"}]}, 413, "payload_too_large",
      "MAX_TRAIN_UPLOAD_BYTES"),
@@ -185,7 +188,8 @@ def test_graceful_shutdown_requeues_the_running_job(train_settings: Settings) ->
 def test_bad_training_requests_are_refused_and_nothing_is_queued(
         api: TestClient, body: dict, status: int, code: str, message: str) -> None:
     full = {"name": "bad", "task_type": "classification", "train": sentiment_rows(16), **body}
-    r = api.post("/adapters", json=full)
+    r = api.post("/adapters", content=json.dumps(full),  # json.dumps writes Infinity as is
+                 headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code
     assert message in r.json()["error"]["message"]
