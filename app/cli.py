@@ -11,9 +11,14 @@ from app.config import get_settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.logs import configure_logging
+
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    # Our handler formats uvicorn's logs too; the access log is ours (it has the request id).
     uvicorn.run("app.main:app", host=args.host or settings.host, port=args.port or settings.port,
-                log_level=settings.log_level.lower(), workers=1)
+                log_level=settings.log_level.lower(), workers=1, log_config=None,
+                access_log=False)
     return 0
 
 

@@ -75,10 +75,28 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(10.0, gt=0, description="A cancelled worker that has not "
                                         "stopped after this long is killed.")
 
+    # --- security ---------------------------------------------------------------------------
+    api_keys: str = Field("", repr=False, description="Comma-separated `key:scope` pairs "
+                          "(scope `predict` or `admin`). Empty (and no API_KEYS_FILE): no auth.")
+    api_keys_file: Path | None = Field(None, description="File of `key:scope` lines (# comments), "
+                                       "read at start-up; adds to API_KEYS.")
+    metrics_auth: bool = Field(False, description="When keys are set, /metrics needs one too "
+                               "(any scope).")
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS, or `*`. "
+                              "Empty: CORS off.")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Body of any request "
+                                   "but training uploads and adapter imports (their own limits).")
+
     # --- HTTP -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address of `adapter-serve serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `adapter-serve serve`.")
     log_level: str = Field("info", description="Python logging level.")
+    log_format: Literal["json", "text"] = Field("json", description="One JSON object per log "
+                                                "line (with the request id), or plain text.")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def jobs_db_path(self) -> Path:

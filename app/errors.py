@@ -16,6 +16,11 @@ class ServiceError(Exception):
         self.message = message
         self.details = details
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer must carry (Retry-After, WWW-Authenticate)."""
+        return {}
+
 
 class NotFoundError(ServiceError):
     status_code = 404
@@ -68,6 +73,10 @@ class OverloadedError(ServiceError):
         super().__init__(message, **details)
         self.retry_after = retry_after
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
 
 class RequestTimeoutError(ServiceError):
     status_code = 504
@@ -101,3 +110,17 @@ class NameInTrainingError(ServiceError):
 class JobQueueFullError(ServiceError):
     status_code = 429
     code = "job_queue_full"
+
+
+class UnauthorizedError(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ForbiddenError(ServiceError):
+    status_code = 403
+    code = "forbidden"

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api import errors
+from app.api.auth import KeyRing, PredictScope
+from app.api.middleware import BodyLimitMiddleware, observe_request
 from app.api.routes import adapters, health, jobs, predict, training
 from app.config import Settings, get_settings
+from app.logs import configure_logging
 from app.services import Services
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    cfg = settings or get_settings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cfg = settings or get_settings()
-        logging.basicConfig(level=cfg.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(cfg.log_level, cfg.log_format)
+        keys = KeyRing.from_settings(cfg)  # a malformed key list stops the start, loudly
+        log.info("API keys: %s", f"{len(keys.digests)} configured" if keys.enabled
+                 else "none (every endpoint is open)")
         services = await anyio.to_thread.run_sync(Services.build, cfg)
         await services.start()
-        app.state.services = services
+        app.state.keys, app.state.services = keys, services
         log.info("ready: %d adapters in %s", len(services.registry.names()), cfg.adapters_dir)
         try:
             yield
@@ -41,21 +48,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-
-    @app.middleware("http")
-    async def add_request_id(request: Request,
-                             call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = errors.request_id(request)
-        response = await call_next(request)
-        response.headers[errors.REQUEST_ID_HEADER] = rid
-        return response
+    # Added inner to outer: the access log and metrics see the body limit's 413s too.
+    app.add_middleware(BodyLimitMiddleware, limit=cfg.max_request_bytes, exempt=_own_body_limit)
+    app.middleware("http")(observe_request)
+    if cfg.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origin_list,
+                           allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=[errors.REQUEST_ID_HEADER, "Retry-After", "Location"])
 
     app.include_router(health.router)
-    app.include_router(predict.router)
-    app.include_router(training.router)
-    app.include_router(adapters.router)
-    app.include_router(jobs.router)
+    for router in (predict.router, training.router, adapters.router, jobs.router):
+        app.include_router(router, dependencies=[PredictScope])
     return app
+
+
+def _own_body_limit(method: str, path: str) -> bool:
+    """Training uploads (MAX_TRAIN_UPLOAD_BYTES) and adapter imports (MAX_ADAPTER_BYTES)."""
+    return (method == "POST" and path.rstrip("/") == "/adapters") or (
+        method == "PUT" and path.startswith("/adapters/"))
 
 
 app = create_app()

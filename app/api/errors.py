@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,16 +10,37 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import OverloadedError, ServiceError
+from app.errors import ServiceError
+from app.logs import new_request_id
+from app.schemas.common import ErrorResponse
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+# What an error status means, for the OpenAPI schema; a route lists those it can answer.
+ERROR_STATUSES = {
+    401: "No API key, or an unknown one.",
+    403: "The API key lacks the scope this call needs.",
+    404: "No such adapter, version or job.",
+    409: "Conflicts with the state: an adapter for another base, or a name already in training.",
+    413: "Over a size limit: the body, the number of inputs, a text, the training rows.",
+    422: "The request is invalid; `details` lists the fields at fault.",
+    429: "The training queue is full.",
+    503: "Overloaded (retry after `Retry-After` seconds), or not ready yet.",
+    504: "No answer within REQUEST_TIMEOUT_S.",
+    507: "The adapter store cannot be written (disk full or read-only).",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: the error statuses it can answer, each with the error body."""
+    return {s: {"model": ErrorResponse, "description": ERROR_STATUSES[s]} for s in statuses}
 
 
 def request_id(request: Request) -> str:
     rid = getattr(request.state, "request_id", None)
     if rid is None:
-        rid = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        rid = new_request_id(request.headers.get(REQUEST_ID_HEADER))
         request.state.request_id = rid
     return rid
 
@@ -41,10 +61,8 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = ({"Retry-After": str(max(1, round(exc.retry_after)))}
-                   if isinstance(exc, OverloadedError) else None)
         return error_response(request, exc.status_code, exc.code, exc.message,
-                              exc.details or None, headers)
+                              exc.details or None, exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -56,7 +74,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if exc.status_code == 400:  # a body the framework cannot parse (not UTF-8, broken
+            # multipart): invalid like malformed JSON, which FastAPI reports as a 422
+            return error_response(request, 422, "validation_error",
+                                  f"invalid request: body: {exc.detail}")
+        code = HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)

@@ -22,10 +22,18 @@ class Health(BaseModel):
     status: str
 
 
+class TrainingState(BaseModel):
+    workers: int  # live worker processes
+    running: int  # jobs
+    queued: int
+
+
 class Readiness(BaseModel):
     status: str
     base_model: str | None = None
     device: str | None = None
     adapters: int = 0
     resident_adapters: int = 0
+    queue_rows: int = 0
+    training: TrainingState | None = None
     problems: list[str] = []

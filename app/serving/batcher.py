@@ -88,6 +88,11 @@ class Batcher(Generic[T]):
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    @property
+    def running(self) -> bool:
+        """The batching task is alive (it stops only at shutdown, or on a bug)."""
+        return self._worker is not None and not self._worker.done()
+
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="batcher")
 

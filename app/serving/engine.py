@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from app import metrics
 from app.adapters.registry import AdapterRegistry, Key, ResidentAdapter
 from app.errors import ServiceError
 from app.model.encoder import FrozenEncoder
@@ -29,6 +31,7 @@ class InferenceEngine:
 
     def run(self, rows: list[Row]) -> list[dict[str, Any] | Exception]:
         """Per row: the head's decoded prediction, or the error of its adapter (others proceed)."""
+        t0 = time.perf_counter()
         entries: dict[Key, ResidentAdapter] = {}
         results: list[dict[str, Any] | Exception | None] = [None] * len(rows)
         try:
@@ -45,6 +48,10 @@ class InferenceEngine:
         finally:
             for entry in entries.values():
                 self.registry.release(entry)
+        metrics.BATCH_ROWS.observe(len(rows))
+        metrics.BATCH_TOKENS.observe(len(rows) * max((len(r.feature) for r in rows), default=0))
+        metrics.BATCH_ADAPTERS.observe(len({r.key for r in rows}))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from app import metrics
 from app.adapters.registry import AdapterRegistry
 from app.errors import InvalidInputError, PayloadTooLargeError, RequestTimeoutError
 from app.model.heads import QuestionAnsweringHead
@@ -41,6 +43,14 @@ class PredictionService:
     async def predict(self, task: str, inputs: list[TextInput], version: int | None = None,
                       options: dict[str, Any] | None = None) -> tuple[int, list[dict[str, Any]]]:
         """(version served, one prediction per input)."""
+        t0 = time.perf_counter()
+        version, predictions = await self._predict(task, inputs, version, options)
+        metrics.PREDICT_SECONDS.labels(task).observe(time.perf_counter() - t0)
+        metrics.PREDICT_INPUTS.labels(task).inc(len(inputs))
+        return version, predictions
+
+    async def _predict(self, task: str, inputs: list[TextInput], version: int | None,
+                       options: dict[str, Any] | None) -> tuple[int, list[dict[str, Any]]]:
         self._check(inputs)
         key = self.registry.resolve(task, version)
         task_type = self.registry.metadata(key).task_type

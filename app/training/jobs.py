@@ -144,6 +144,12 @@ class JobDB:
             rows = db.execute(query + " ORDER BY created_at DESC LIMIT ?", (*args, limit))
             return [Job.from_row(r) for r in rows.fetchall()]
 
+    def counts(self) -> dict[str, int]:
+        """Jobs per status."""
+        with self._connect() as db:
+            rows = db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {status: n for status, n in rows}
+
     def claim_next(self) -> Job | None:
         """The oldest queued job, now marked running (None when the queue is empty)."""
         with self._transaction() as db:

@@ -90,6 +90,14 @@ class JobManager:
             self._announce(job)
         return jobs
 
+    @property
+    def dispatching(self) -> bool:
+        """The task that starts queued jobs is alive."""
+        return self._task is not None and not self._task.done()
+
+    def workers_alive(self) -> int:
+        return sum(p.is_alive() for p in list(self._procs.values()))
+
     def _announce(self, job: Job) -> None:
         if job.status == SUCCEEDED and job.adapter_version is not None:
             self._on_stored(job.name, job.adapter_version)

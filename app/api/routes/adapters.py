@@ -9,7 +9,9 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
+from app.api.auth import AdminScope
 from app.api.deps import ServicesDep
+from app.api.errors import responses
 from app.errors import InvalidInputError, PayloadTooLargeError
 from app.schemas.adapters import (
     AdapterDetail,
@@ -18,12 +20,10 @@ from app.schemas.adapters import (
     DeleteResult,
     ReloadResult,
 )
-from app.schemas.common import ErrorResponse
 
-router = APIRouter(prefix="/adapters", tags=["adapters"])
+router = APIRouter(prefix="/adapters", tags=["adapters"], responses=responses(503))
 VersionQuery = Annotated[int | None, Query(ge=1, description="A version; default the newest.")]
-ERRORS = {404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-          413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+ERRORS = responses(404, 422)
 
 
 @router.get("", response_model=AdapterList)
@@ -36,7 +36,7 @@ def list_adapters(services: ServicesDep) -> AdapterList:
     ])
 
 
-@router.post("/reload", response_model=ReloadResult)
+@router.post("/reload", response_model=ReloadResult, dependencies=[AdminScope])
 def reload_adapters(services: ServicesDep) -> ReloadResult:
     """Re-read the store now (it is also polled every STORE_POLL_SECONDS)."""
     changed, adapters, versions = services.adapters.reload()
@@ -62,7 +62,8 @@ def download_adapter(name: str, services: ServicesDep, version: VersionQuery = N
 
 
 @router.put("/{name}", response_model=AdapterDetail, status_code=status.HTTP_201_CREATED,
-            responses=ERRORS, openapi_extra={"requestBody": {"content": {
+            responses=responses(409, 413, 422, 507), dependencies=[AdminScope],
+            openapi_extra={"requestBody": {"content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "multipart/form-data": {"schema": {"type": "object", "properties": {
                     "file": {"type": "string", "format": "binary"}}}}}}})
@@ -74,7 +75,8 @@ async def import_adapter(name: str, request: Request, services: ServicesDep) -> 
                          resident=False)
 
 
-@router.delete("/{name}", response_model=DeleteResult, responses=ERRORS)
+@router.delete("/{name}", response_model=DeleteResult, responses=ERRORS,
+                dependencies=[AdminScope])
 def delete_adapter(name: str, services: ServicesDep, version: VersionQuery = None
                    ) -> DeleteResult:
     return DeleteResult(name=name, deleted_versions=services.adapters.delete(name, version))

@@ -10,13 +10,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from app.api.auth import AdminScope
 from app.api.deps import ServicesDep
-from app.schemas.common import ErrorResponse
+from app.api.errors import responses
 from app.schemas.jobs import JobList, JobView
 from app.training.jobs import TERMINAL
 
-router = APIRouter(prefix="/jobs", tags=["training"])
-NOT_FOUND = {404: {"model": ErrorResponse}}
+router = APIRouter(prefix="/jobs", tags=["training"], responses=responses(422, 503))
+NOT_FOUND = responses(404)
 EVENT_POLL_S = 0.5
 KEEPALIVE_S = 15.0
 
@@ -33,7 +34,8 @@ def get_job(job_id: str, services: ServicesDep) -> JobView:
     return JobView.of(services.jobs.get(job_id))
 
 
-@router.delete("/{job_id}", response_model=JobView, responses=NOT_FOUND)
+@router.delete("/{job_id}", response_model=JobView, responses=NOT_FOUND,
+                dependencies=[AdminScope])
 def cancel_job(job_id: str, services: ServicesDep) -> JobView:
     """Cancel: a queued job at once, a running one within seconds; nothing is stored."""
     return JobView.of(services.jobs.cancel(job_id))

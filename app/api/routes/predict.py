@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.deps import ServicesDep, cancel_on_disconnect
-from app.schemas.common import ErrorResponse
+from app.api.errors import responses
 from app.schemas.predict import PredictRequest, PredictResponse, QAInput, TokensInput
 from app.serving.predictor import TextInput
 
@@ -15,9 +15,7 @@ router = APIRouter(tags=["predict"])
 @router.post(
     "/predict/{task}",
     response_model=PredictResponse,
-    responses={404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-               422: {"model": ErrorResponse}, 503: {"model": ErrorResponse},
-               504: {"model": ErrorResponse}},
+    responses=responses(404, 413, 422, 503, 504),
 )
 async def predict(task: str, body: PredictRequest, request: Request, services: ServicesDep
                   ) -> PredictResponse:

@@ -13,14 +13,15 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from app.adapters.store import validate_name
+from app.api.auth import AdminScope
 from app.api.deps import ServicesDep
+from app.api.errors import responses
 from app.errors import InvalidInputError, PayloadTooLargeError
-from app.schemas.common import ErrorResponse
 from app.schemas.jobs import JobView, TrainRequestBody
 from app.training.data import parse_file
 from app.training.manager import TrainRequest
 
-router = APIRouter(prefix="/adapters", tags=["training"])
+router = APIRouter(prefix="/adapters", tags=["training"], responses=responses(503))
 
 MULTIPART_SCHEMA = {"type": "object", "required": ["name", "task_type", "file"], "properties": {
     "name": {"type": "string"}, "task_type": {"type": "string"},
@@ -33,9 +34,8 @@ MULTIPART_SCHEMA = {"type": "object", "required": ["name", "task_type", "file"],
 
 
 @router.post(
-    "", status_code=status.HTTP_202_ACCEPTED, response_model=JobView,
-    responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-               422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, dependencies=[AdminScope],
+    responses=responses(409, 413, 422, 429),
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/TrainRequestBody"}},
         "multipart/form-data": {"schema": MULTIPART_SCHEMA}}}},
