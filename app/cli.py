@@ -15,10 +15,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    # Our handler formats uvicorn's logs too; the access log is ours (it has the request id).
+    # Our handler formats uvicorn's logs too (log_config=None keeps uvicorn from replacing it).
     uvicorn.run("app.main:app", host=args.host or settings.host, port=args.port or settings.port,
-                log_level=settings.log_level.lower(), workers=1, log_config=None,
-                access_log=False)
+                log_level=settings.log_level.lower(), workers=1, log_config=None)
     return 0
 
 

@@ -28,10 +28,18 @@ def new_request_id(given: str | None) -> str:
     return given if given and _CLIENT_ID_RE.match(given) else uuid.uuid4().hex
 
 
-class _RequestIdFilter(logging.Filter):
+class _ContextFilter(logging.Filter):
+    """Adds the request id, and fields fixed for the process (a training worker's job id)."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__()
+        self.fields = fields
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = REQUEST_ID.get()
+        for key, value in self.fields.items():
+            setattr(record, key, value)
         return True
 
 
@@ -64,11 +72,11 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure_logging(level: str, fmt: str) -> None:
+def configure_logging(level: str, fmt: str, **fields: str) -> None:
     """Route every logger (uvicorn's included) through one handler on the root logger."""
     handler = _StderrHandler()
     handler.set_name(_HANDLER_NAME)
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_ContextFilter(fields))
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     root = logging.getLogger()
@@ -76,7 +84,12 @@ def configure_logging(level: str, fmt: str) -> None:
         root.removeHandler(old)  # ours, from an earlier start in this process
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # The access log is app.access (it has the request id); uvicorn logs requests only while
+    # its access logger has a handler somewhere up the chain.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False

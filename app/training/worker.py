@@ -17,6 +17,7 @@ from app.adapters.format import AdapterMetadata, join, new_metadata
 from app.adapters.store import AdapterStore
 from app.config import Settings
 from app.errors import ServiceError
+from app.logs import configure_logging
 from app.model.encoder import FrozenEncoder
 from app.training.config import TrainConfig
 from app.training.data import TrainingData, prepare
@@ -73,8 +74,7 @@ def run_job(job_id: str, settings_json: dict[str, Any], parent_pid: int) -> None
     """Process entry point: train one claimed job and record how it ended."""
     _die_with_parent()
     settings = Settings(**settings_json)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s worker[{job_id[:8]}] %(message)s")
+    configure_logging(settings.log_level, settings.log_format, job_id=job_id)
     os.nice(settings.train_nice)
     torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)
     db = JobDB(settings.jobs_db_path)
