@@ -8,7 +8,6 @@ function (a list of rows -> a list of results or exceptions, run in one worker t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -82,6 +81,7 @@ class Batcher(Generic[T]):
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._worker: asyncio.Task[None] | None = None
+        self._closing = False
         self.batches_run = 0
 
     @property
@@ -97,19 +97,19 @@ class Batcher(Generic[T]):
         self._worker = asyncio.create_task(self._run(), name="batcher")
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the worker."""
-        while self._queue:
-            await asyncio.sleep(0.01)
+        """Refuse new rows, answer every row already queued or in a batch, then stop."""
+        self._closing = True
+        self._wakeup.set()
         if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await self._worker
         self._executor.shutdown(wait=True)
 
     async def submit(self, rows: Sequence[T]) -> list[Any]:
         """Results for `rows`, in order. Raises the first error of any of its rows."""
         if not rows:
             return []
+        if self._closing:
+            raise OverloadedError("the service is shutting down; retry shortly", retry_after=1.0)
         if self._queued_rows + len(rows) > self.limits.max_queue_rows:
             raise OverloadedError(
                 f"the inference queue is full ({self._queued_rows} rows waiting, limit "
@@ -129,6 +129,8 @@ class Batcher(Generic[T]):
     async def _run(self) -> None:
         while True:
             await self._wait_for_work()
+            if self._closing and not self._queue:
+                return  # drained: everything taken has been answered
             taken = self._take()
             if not taken:
                 continue
@@ -139,13 +141,13 @@ class Batcher(Generic[T]):
                 await self._run_batch([taken[i] for i in batch])
 
     async def _wait_for_work(self) -> None:
-        while not self._queue:
+        while not self._queue and not self._closing:
             self._wakeup.clear()
             await self._wakeup.wait()
-        if not self.limits.enabled or self.limits.wait_s <= 0:
+        if not self.limits.enabled or self.limits.wait_s <= 0 or self._closing:
             return
         deadline = self._queue[0].arrived + self.limits.wait_s
-        while self._queued_rows < self.limits.max_batch_size:
+        while self._queued_rows < self.limits.max_batch_size and not self._closing:
             delay = deadline - time.monotonic()
             if delay <= 0:
                 return
