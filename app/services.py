@@ -55,7 +55,7 @@ class Services:
             settings.max_inputs_per_request, settings.max_text_chars, settings.request_timeout_s,
             settings.qa_doc_stride))
         adapters = AdapterService(store, registry, settings.max_adapter_bytes)
-        jobs = JobManager(settings, on_stored=registry.ensure_indexed)
+        jobs = JobManager(settings, store, on_stored=registry.ensure_indexed)
         return cls(settings, encoder, store, registry, adapters, batcher, predictor, jobs)
 
     async def start(self) -> None:

@@ -50,12 +50,12 @@ AdapterFactory = Callable[..., AdapterMetadata]
 
 @pytest.fixture
 def make_adapter(encoder: FrozenEncoder) -> AdapterFactory:
-    """Store a random adapter: make_adapter(store, name, seed=..., config=..., head=...)."""
+    """Store a random adapter: make_adapter(store, name, seed=, config=, head=, metrics=)."""
 
     def make(store: AdapterStore, name: str, seed: int = 0, config: AdapterConfig | None = None,
-             head: HeadConfig | None = None) -> AdapterMetadata:
+             head: HeadConfig | None = None, metrics: dict[str, object] | None = None) -> AdapterMetadata:
         adapter, head_module, head_cfg = random_adapter(encoder, config, head, seed)
-        meta = new_metadata(name, head_cfg, adapter.config, encoder.info)
+        meta = new_metadata(name, head_cfg, adapter.config, encoder.info, metrics)
         return store.save(meta, join(adapter.state_dict(), head_module.state_dict()))
 
     return make

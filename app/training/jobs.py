@@ -172,14 +172,6 @@ class JobDB:
                        (job_id, RUNNING))
         return self.get(job_id)
 
-    def fail_running(self, reason: str) -> list[str]:
-        """After a crash: every job that was running is failed with `reason`."""
-        with self._transaction() as db:
-            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = ?", (RUNNING,))]
-            db.execute("UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE status = ?",
-                       (FAILED, reason, time.time(), RUNNING))
-        return ids
-
     def requeue(self, job_id: str) -> None:
         """A graceful shutdown interrupted this job: it runs again from the start later."""
         with self._connect() as db:

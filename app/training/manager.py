@@ -15,14 +15,18 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from app.adapters.format import AdapterMetadata
+from app.adapters.store import AdapterStore
 from app.config import Settings
+from app.errors import ServiceError
 from app.training.config import TrainConfig
 from app.training.data import prepare
 from app.training.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobDB
-from app.training.worker import run_job
+from app.training.worker import CANCELLED_ERROR, job_result, run_job
 
 log = logging.getLogger(__name__)
 DISPATCH_INTERVAL_S = 0.2
+SERVICE_DIED = "interrupted: the service stopped while this job was running; nothing was stored"
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,10 @@ def _exit_reason(exitcode: int | None) -> str:
 class JobManager:
     """Runs queued jobs, at most `training_concurrency` at a time, each in its own process."""
 
-    def __init__(self, settings: Settings, on_stored: Callable[[str, int], object]) -> None:
+    def __init__(self, settings: Settings, store: AdapterStore,
+                 on_stored: Callable[[str, int], object]) -> None:
         self.settings = settings
+        self.store = store
         self.db = JobDB(settings.jobs_db_path)
         self._on_stored = on_stored
         self._procs: dict[str, BaseProcess] = {}
@@ -109,10 +115,8 @@ class JobManager:
 
     # -------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        failed = self.db.fail_running(
-            "interrupted: the service stopped while this job was running; nothing was stored")
-        for job_id in failed:
-            log.warning("job %s was running when the service stopped: marked failed", job_id)
+        for job in self.db.list(RUNNING, limit=1_000_000):  # the previous process died
+            self._settle(job, SERVICE_DIED)
         self._task = asyncio.create_task(self._run(), name="job-dispatch")
 
     async def stop(self) -> None:
@@ -129,13 +133,9 @@ class JobManager:
 
     async def _stop_workers(self) -> None:
         for job_id, proc in list(self._procs.items()):
-            proc.terminate()
-            await asyncio.to_thread(proc.join, 10)
-            if proc.is_alive():
-                proc.kill()
-                await asyncio.to_thread(proc.join)
-            self.db.requeue(job_id)
-            log.info("job %s interrupted by shutdown: queued again", job_id)
+            proc.kill()  # it ignores SIGTERM (see run_job), and has nothing to tidy up
+            await asyncio.to_thread(proc.join)
+            self._settle(self.db.get(job_id), None)
         self._procs.clear()
 
     async def _run(self) -> None:
@@ -173,12 +173,45 @@ class JobManager:
             proc.join()
             del self._procs[job_id]
             self._cancel_seen.pop(job_id, None)
+            self._settle(self.db.get(job_id), _exit_reason(proc.exitcode))
             job = self.db.get(job_id)
-            if job.status == RUNNING:  # the worker died before it could say how it ended
-                status = CANCELLED if job.cancel_requested else FAILED
-                self.db.finish(job_id, status, error=_exit_reason(proc.exitcode))
             self._announce(job)
-            log.info("job %s ended: %s", job_id, self.db.get(job_id).status)
+            log.info("job %s ended: %s", job_id, job.status)
+
+    def _settle(self, job: Job, failure: str | None) -> None:
+        """Record how a job ended whose worker is gone while the job still says running.
+
+        The worker may have died between storing its adapter and saying so: then the job
+        succeeded. Otherwise a requested cancel wins, else the job fails with `failure`, or goes
+        back to the queue when `failure` is None (a graceful shutdown). A temporary directory the
+        worker was writing when it died is removed.
+        """
+        if job.status != RUNNING:
+            return
+        self.store.clean_stale()
+        stored = self._stored_by(job)
+        if stored is not None:
+            self.db.finish(job.id, SUCCEEDED, adapter_version=stored.version,
+                           result=job_result(stored))
+        elif job.cancel_requested:
+            self.db.finish(job.id, CANCELLED, error=CANCELLED_ERROR)
+        elif failure is None:
+            self.db.requeue(job.id)
+        else:
+            self.db.finish(job.id, FAILED, error=failure)
+        log.warning("job %s lost its worker (%s): now %s", job.id, failure or "shutdown",
+                    self.db.get(job.id).status)
+
+    def _stored_by(self, job: Job) -> AdapterMetadata | None:
+        """The version this job stored, found by the job id recorded with it (see run_job)."""
+        for version in reversed(self.store.versions(job.name)):
+            try:
+                meta = self.store.metadata(job.name, version)
+            except ServiceError:
+                continue
+            if meta.metrics.get("job_id") == job.id:
+                return meta
+        return None
 
     def _enforce_cancels(self) -> None:
         now = time.monotonic()

@@ -26,13 +26,18 @@ from app.training.loop import Progress, TrainingCancelled, TrainResult, train_ad
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5
+CANCELLED_ERROR = "cancelled on request; nothing was stored"
 
 
 def train_and_store(encoder: FrozenEncoder, store: AdapterStore, name: str, data: TrainingData,
                     config: TrainConfig, description: str = "",
-                    before_save: Callable[[], None] | None = None, **callbacks: Any
-                    ) -> tuple[AdapterMetadata, TrainResult]:
-    """Train, then store the best epoch as a new version of `name` (used by worker and CLI)."""
+                    before_save: Callable[[], None] | None = None, job_id: str | None = None,
+                    **callbacks: Any) -> tuple[AdapterMetadata, TrainResult]:
+    """Train, then store the best epoch as a new version of `name` (used by worker and CLI).
+
+    `job_id` is recorded with the version, so a job whose worker died right after storing it
+    is still found to have succeeded.
+    """
     config = config.resolved(data.task_type)
     result = train_adapter(encoder, data, config, **callbacks)
     metrics = {"validation": result.best_metrics, "best_epoch": result.best_epoch,
@@ -41,13 +46,21 @@ def train_and_store(encoder: FrozenEncoder, store: AdapterStore, name: str, data
                "validation_source": "given" if data.validation_given else "split of train",
                "train_seconds": round(result.train_seconds, 2),
                "train_examples_per_second": round(result.examples_per_second, 1),
-               "config": config.model_dump()}
+               "config": config.model_dump(), **({"job_id": job_id} if job_id else {})}
     meta = new_metadata(name, result.head.config, result.adapter.config, encoder.info, metrics,
                         description)
     if before_save is not None:
         before_save()
     stored = store.save(meta, join(result.adapter.state_dict(), result.head.state_dict()))
     return stored, result
+
+
+def job_result(stored: AdapterMetadata) -> dict[str, Any]:
+    """What a succeeded job reports, read from the training record stored with its adapter."""
+    m = stored.metrics
+    return {"best_epoch": m["best_epoch"], "metrics": m["validation"],
+            "stop_reason": m["stop_reason"], "train_seconds": m["train_seconds"],
+            "train_examples_per_second": m["train_examples_per_second"]}
 
 
 class _Throttle:
@@ -73,6 +86,10 @@ def _die_with_parent() -> None:
 def run_job(job_id: str, settings_json: dict[str, Any], parent_pid: int) -> None:
     """Process entry point: train one claimed job and record how it ended."""
     _die_with_parent()
+    # Only the API process stops a worker (and then re-queues its job): a Ctrl+C or a service
+    # manager's SIGTERM to the whole process group must not end the job before it can.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = Settings(**settings_json)
     configure_logging(settings.log_level, settings.log_format, job_id=job_id)
     os.nice(settings.train_nice)
@@ -108,16 +125,13 @@ def run_job(job_id: str, settings_json: dict[str, Any], parent_pid: int) -> None
         # Training always runs in float32; the served dtype may be half precision.
         encoder = FrozenEncoder.load(settings.base_model, settings.device, "float32",
                                      settings.max_seq_length)
-        stored, result = train_and_store(
+        stored, _ = train_and_store(
             encoder, AdapterStore(settings.adapters_dir), job.name, data, config,
-            job.spec.get("description", ""), before_save, on_progress=on_progress,
+            job.spec.get("description", ""), before_save, job_id, on_progress=on_progress,
             on_epoch=lambda r: db.report_epoch(job_id, r), should_stop=should_stop)
-        db.finish(job_id, SUCCEEDED, adapter_version=stored.version, result={
-            "best_epoch": result.best_epoch, "metrics": result.best_metrics,
-            "stop_reason": result.stop_reason, "train_seconds": round(result.train_seconds, 2),
-            "train_examples_per_second": round(result.examples_per_second, 1)})
+        db.finish(job_id, SUCCEEDED, adapter_version=stored.version, result=job_result(stored))
     except TrainingCancelled:
-        db.finish(job_id, CANCELLED, error="cancelled on request; nothing was stored")
+        db.finish(job_id, CANCELLED, error=CANCELLED_ERROR)
     except ServiceError as exc:
         db.finish(job_id, FAILED, error=exc.message)
     except Exception as exc:  # anything else: recorded with its type, and logged in full
