@@ -176,10 +176,14 @@ prepare_build() {
 # --- HTTP --------------------------------------------------------------------------------
 # api METHOD PATH [curl options]: the response body; fails on an HTTP error, printing the body.
 api() {
-    local method=$1 path=$2
+    local method=$1 path=$2 body
     shift 2
-    curl -sS --fail-with-body --max-time 60 -X "$method" -H 'Content-Type: application/json' \
-        "$@" "${BASE_URL}${path}"
+    if ! body=$(curl -sS --fail-with-body --max-time 60 -X "$method" \
+        -H 'Content-Type: application/json' "$@" "${BASE_URL}${path}"); then
+        echo "${method} ${path}: ${body}" >&2
+        return 1
+    fi
+    printf '%s\n' "$body"
 }
 
 # wait_ready: polls /readyz until 200, then prints seconds since the container started.
@@ -229,7 +233,7 @@ train_adapter() {
         status=$(api GET "/jobs/${job}" | json 'd["status"]')
         case $status in
             succeeded) break ;;
-            failed | cancelled) api GET "/jobs/${job}"; echo; die "training job ${status}" ;;
+            failed | cancelled) api GET "/jobs/${job}"; die "training job ${status}" ;;
         esac
         ((SECONDS < deadline)) || die "training job still ${status} after ${JOB_TIMEOUT_S}s"
         sleep 1
@@ -284,7 +288,6 @@ print("torch", torch.__version__, "(CPU)")'
     cold_s=$(wait_ready)
     echo "ready ${cold_s}s after the container started"
     api GET /readyz
-    echo
     # What compose asked for reached the container: limits, restart policy, healthcheck.
     podman inspect --format '{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.RestartPolicy.Name}} {{.Config.User}}' \
         "${PROJECT}_${SERVICE}_1" \
