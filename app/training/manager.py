@@ -133,8 +133,11 @@ class JobManager:
 
     async def _stop_workers(self) -> None:
         for job_id, proc in list(self._procs.items()):
-            proc.kill()  # it ignores SIGTERM (see run_job), and has nothing to tidy up
-            await asyncio.to_thread(proc.join)
+            proc.terminate()
+            await asyncio.to_thread(proc.join, 10)
+            if proc.is_alive():
+                proc.kill()
+                await asyncio.to_thread(proc.join)
             self._settle(self.db.get(job_id), None)
         self._procs.clear()
 

@@ -86,10 +86,10 @@ def _die_with_parent() -> None:
 def run_job(job_id: str, settings_json: dict[str, Any], parent_pid: int) -> None:
     """Process entry point: train one claimed job and record how it ended."""
     _die_with_parent()
-    # Only the API process stops a worker (and then re-queues its job): a Ctrl+C or a service
-    # manager's SIGTERM to the whole process group must not end the job before it can.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A session of its own: Ctrl+C in a terminal, or a signal to the server's process group,
+    # reaches only the API process, which then stops this worker and re-queues its job.
+    with contextlib.suppress(OSError):
+        os.setsid()
     settings = Settings(**settings_json)
     configure_logging(settings.log_level, settings.log_format, job_id=job_id)
     os.nice(settings.train_nice)

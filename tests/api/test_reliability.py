@@ -186,7 +186,7 @@ def test_kill_9_of_the_server_mid_training_then_restart(train_settings: Settings
 
 def test_sigterm_to_the_process_group_requeues_the_job(train_settings: Settings,
                                                        tmp_path: Path) -> None:
-    """Ctrl+C in a terminal, or systemd, signals the workers too: the API still decides."""
+    """Ctrl+C in a terminal signals the whole process group: the API process still decides."""
     with _server_process(train_settings, tmp_path / "server.log") as (server, client):
         job = _submit(client, config=SLOW)  # type: ignore[arg-type]
         _wait(client, job["job_id"], ("running",),  # type: ignore[arg-type]
