@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,6 +31,7 @@ from app.adapters.store import TMP_PREFIX, AdapterStore
 from app.config import Settings
 from app.main import create_app
 from app.serving.engine import InferenceEngine
+from app.training import jobs as jobs_module
 from app.training import manager as manager_module
 from app.training.jobs import JobDB
 from app.training.worker import run_job
@@ -320,6 +323,35 @@ def test_import_into_a_read_only_store_is_a_507(client: TestClient, store: Adapt
         for path in (store.root, store.root / "t"):
             path.chmod(0o755)
     assert store.names() == ["t"] and store.versions("t") == [1]
+
+
+def test_training_request_on_a_full_disk_is_a_507(client: TestClient, store: AdapterStore,
+                                                  make_adapter: AdapterFactory,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job database (in the store directory by default) cannot grow: SQLite's own error."""
+    make_adapter(store, "t")
+    client.post("/adapters/reload")
+    real_connect = sqlite3.connect
+
+    def connect_on_a_full_disk(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = real_connect(*args, **kwargs)
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        db.execute(f"PRAGMA max_page_count = {pages}")  # no page more: SQLITE_FULL
+        return db
+
+    rng = random.Random(0)
+    rows = [{"text": "".join(rng.choice("abcdefgh ") for _ in range(150)), "label": i % 2}
+            for i in range(64)]  # incompressible enough to need new pages
+    with monkeypatch.context() as full:
+        full.setattr(jobs_module.sqlite3, "connect", connect_on_a_full_disk)
+        r = client.post("/adapters", json={"name": "senti", "task_type": "classification",
+                                           "train": rows})
+        assert r.status_code == 507, r.text
+        assert r.json()["error"]["code"] == "store_write_failed"
+        assert r.json()["error"]["message"] == ("cannot write the training job database: "
+                                                "database or disk is full")
+        assert client.post("/predict/t", json={"inputs": "good"}).status_code == 200
+    assert client.get("/jobs").json()["jobs"] == []
 
 
 def _run_job_on_a_full_disk(job_id: str, settings_json: dict[str, Any], parent_pid: int) -> None:
