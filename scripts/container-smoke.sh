@@ -275,6 +275,16 @@ main() {
     image=adapter-serve:${IMAGE_TAG}
     size_mb=$(podman image inspect --format '{{.Size}}' "$image" \
         | awk '{ printf "%.0f", $1 / 1e6 }')
+    # The image runs this checkout's code, not a stale cached layer.
+    local code="import hashlib, pathlib, sys
+root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else __import__('app').__path__[0])
+h = hashlib.sha256()
+for p in sorted(root.rglob('*.py')):
+    h.update(str(p.relative_to(root)).encode() + b'\\0' + p.read_bytes())
+print(h.hexdigest())"
+    [[ $(podman run --rm "$image" python3 -c "$code") == "$(python3 -c "$code" app)" ]] \
+        || die "the image's app/ differs from the checkout's"
+    echo "app/ in the image equals the checkout"
     # The CPU build of torch, not PyPI's CUDA one with its GBs of nvidia-* libraries.
     podman run --rm "$image" python3 -c '
 import importlib.metadata as m, torch
