@@ -252,20 +252,26 @@ class AdapterStore:
         """Remove one version, or all; returns the versions removed."""
         versions = self.versions(name)
         targets = versions if version is None else [v for v in versions if v == version]
-        if not targets:
-            what = f"version {version}" if version is not None else "versions"
-            raise AdapterNotFoundError(f"adapter {name!r} has no {what}")
         name_dir = self._name_dir(name)
+        removed = []
         for v in targets:
             trash = name_dir / f"{TRASH_PREFIX}{v}-{uuid.uuid4().hex[:8]}"
-            os.rename(name_dir / f"{VERSION_DIR_PREFIX}{v}", trash)  # gone in one step
+            try:
+                os.rename(name_dir / f"{VERSION_DIR_PREFIX}{v}", trash)  # gone in one step
+            except FileNotFoundError:  # a concurrent delete took this version first
+                continue
             shutil.rmtree(trash, ignore_errors=True)
-        _fsync_dir(name_dir)
+            removed.append(v)
+        if not removed:
+            what = f"version {version}" if version is not None else "versions"
+            raise AdapterNotFoundError(f"adapter {name!r} has no {what}")
+        with contextlib.suppress(FileNotFoundError):  # a concurrent delete removed the name
+            _fsync_dir(name_dir)
         if not self.versions(name):
             # rmdir, not rmtree: a writer's temporary directory in there must survive.
             with contextlib.suppress(OSError):
                 name_dir.rmdir()
-        return targets
+        return removed
 
     def clean_stale(self) -> None:
         """Remove temporary directories of writers that died, and trash left by a crash.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,26 @@ def test_saving_again_creates_a_new_version(store: AdapterStore, make_adapter: A
     assert store.names() == []
     with pytest.raises(AdapterNotFoundError):
         store.delete("t")
+
+
+def test_concurrent_deletes_remove_each_version_once(store: AdapterStore,
+                                                     make_adapter: AdapterFactory) -> None:
+    """Deletes racing for one name: each version is removed by exactly one of them, the others
+    find nothing (404), and none fails otherwise (it used to: FileNotFoundError, a 500)."""
+
+    def delete(version: int | None) -> list[int]:
+        try:
+            return store.delete("t", version)
+        except AdapterNotFoundError:
+            return []
+
+    for _ in range(10):
+        for seed in range(3):
+            make_adapter(store, "t", seed=seed)
+        with ThreadPoolExecutor(6) as pool:
+            removed = list(pool.map(delete, [None, 2, None, 1, None, None]))
+        assert sorted(v for r in removed for v in r) == [1, 2, 3]
+        assert store.names() == []
 
 
 def test_crash_mid_write_leaves_previous_version(store: AdapterStore,
