@@ -28,7 +28,7 @@ ERROR_STATUSES = {
     429: "The training queue is full.",
     503: "Overloaded (retry after `Retry-After` seconds), or not ready yet.",
     504: "No answer within REQUEST_TIMEOUT_S.",
-    507: "The adapter store cannot be written (disk full or read-only).",
+    507: "The adapter store or the job database cannot be written (disk full or read-only).",
 }
 
 

@@ -34,7 +34,7 @@ def get_job(job_id: str, services: ServicesDep) -> JobView:
     return JobView.of(services.jobs.get(job_id))
 
 
-@router.delete("/{job_id}", response_model=JobView, responses=NOT_FOUND,
+@router.delete("/{job_id}", response_model=JobView, responses=responses(404, 507),
                 dependencies=[AdminScope])
 def cancel_job(job_id: str, services: ServicesDep) -> JobView:
     """Cancel: a queued job at once, a running one within seconds; nothing is stored."""

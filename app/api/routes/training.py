@@ -35,7 +35,7 @@ MULTIPART_SCHEMA = {"type": "object", "required": ["name", "task_type", "file"],
 
 @router.post(
     "", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, dependencies=[AdminScope],
-    responses=responses(409, 413, 422, 429),
+    responses=responses(409, 413, 422, 429, 507),
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/TrainRequestBody"}},
         "multipart/form-data": {"schema": MULTIPART_SCHEMA}}}},
