@@ -211,10 +211,13 @@ def random_adapter(config: AdapterConfig, head_config: HeadConfig, hidden_size: 
 
 def save_random_adapters(store: AdapterStore, encoder: FrozenEncoder, names: list[str],
                          config: AdapterConfig | None = None, labels: list[str] | None = None,
-                         seed: int = 0) -> list[AdapterMetadata]:
-    """Store one random classification adapter per name, as training would; returns metadata."""
+                         seed: int = 0, head_config: HeadConfig | None = None
+                         ) -> list[AdapterMetadata]:
+    """Store one random adapter per name, as training would (by default for classification
+    into `labels`); returns metadata."""
     config = config or AdapterConfig()
-    head_config = HeadConfig(task_type="classification", labels=labels or SST2_LABELS)
+    head_config = head_config or HeadConfig(task_type="classification",
+                                            labels=labels or SST2_LABELS)
     info = encoder.info
     stored = []
     with torch.random.fork_rng():  # reproducible adapters, caller's RNG state untouched

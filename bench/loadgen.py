@@ -1,4 +1,4 @@
-"""A light HTTP/1.1 load generator (raw asyncio sockets, keep-alive) for POST /predict/{task}.
+"""A light HTTP/1.1 client (raw asyncio sockets, keep-alive) and load generator for POST /predict.
 
 Runs in its own process so that its CPU does not count as the server's; it parses only the
 status line, Content-Length and the "task" field, and checks each answer belongs to its request.
@@ -22,14 +22,16 @@ class LoadResult:
     wall: float = 0.0
 
 
-def _request(host: str, task: str, text: str) -> bytes:
-    body = json.dumps({"inputs": [text]}).encode()
-    head = (f"POST /predict/{task} HTTP/1.1\r\nHost: {host}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+def http_request(host: str, method: str, path: str, body: bytes = b"",
+                 content_type: str = "application/json") -> bytes:
+    """One HTTP/1.1 request (keep-alive) as bytes."""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one response that has a Content-Length (every one but SSE here)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
@@ -38,16 +40,42 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
+class Connection:
+    """One keep-alive connection that sends a request and waits for its response."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      content_type: str = "application/json") -> tuple[int, bytes]:
+        """(status, body); on any failure the connection is dropped and the error raised."""
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._streams
+        try:
+            writer.write(http_request(self.host, method, path, body, content_type))
+            return await read_response(reader)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
 async def _client(host: str, port: int, jobs: list[tuple[str, str]], cursor: list[int],
                   result: LoadResult) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+    conn = Connection(host, port)
     try:
         while cursor[0] < len(jobs):
             task, text = jobs[cursor[0]]
             cursor[0] += 1
             t0 = time.perf_counter()
-            writer.write(_request(host, task, text))
-            status, body = await _read_response(reader)
+            status, body = await conn.request("POST", f"/predict/{task}",
+                                              json.dumps({"inputs": [text]}).encode())
             elapsed = time.perf_counter() - t0
             result.statuses[status] = result.statuses.get(status, 0) + 1
             if status == 200:
@@ -56,7 +84,7 @@ async def _client(host: str, port: int, jobs: list[tuple[str, str]], cursor: lis
                     result.mismatched += 1
                 result.latencies.append(elapsed)
     finally:
-        writer.close()
+        conn.close()
 
 
 async def _run(host: str, port: int, concurrency: int, jobs: list[tuple[str, str]]) -> LoadResult:
