@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     store_poll_seconds: float = Field(
         2.0, ge=0, description="How often the store is checked for changes made on disk; 0 = never."
     )
+    malloc_trim_seconds: float = Field(
+        10.0, ge=0, description="How often freed heap memory is handed back to the OS (glibc "
+        "malloc_trim), so resident memory stays flat under load; 0 = never."
+    )
     max_adapter_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest adapter file accepted by import."
     )

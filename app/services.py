@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from app import memory
 from app.adapters.registry import AdapterRegistry
 from app.adapters.service import AdapterService
 from app.adapters.store import AdapterStore
@@ -63,6 +64,8 @@ class Services:
         await self.jobs.start()
         if self.settings.store_poll_seconds > 0:
             self._tasks.append(asyncio.create_task(self._poll_store(), name="store-poll"))
+        if self.settings.malloc_trim_seconds > 0 and memory.can_trim():
+            self._tasks.append(asyncio.create_task(self._trim_memory(), name="malloc-trim"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -71,6 +74,12 @@ class Services:
                 await task
         await self.jobs.stop()
         await self.batcher.stop()
+
+    async def _trim_memory(self) -> None:
+        """Keep resident memory flat under load (see app.memory)."""
+        while True:
+            await asyncio.sleep(self.settings.malloc_trim_seconds)
+            await asyncio.to_thread(memory.trim)
 
     async def _poll_store(self) -> None:
         """Pick up adapters added, replaced or deleted on disk by other processes."""
