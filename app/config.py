@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     def jobs_db_path(self) -> Path:
         return self.jobs_db or self.adapters_dir / ".jobs.sqlite3"
 
+    @field_validator("api_keys_file", "jobs_db", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # `VAR=` in compose or a .env file means unset
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     for router in (predict.router, training.router, adapters.router, jobs.router):
-        app.include_router(router, dependencies=[PredictScope])
+        app.include_router(router, dependencies=[PredictScope], responses=errors.responses(401, 403))
     return app
 
 

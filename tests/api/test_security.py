@@ -158,3 +158,11 @@ def test_cors_is_off_by_default_and_configurable(settings: Settings, client: Tes
         assert allowed.headers["access-control-allow-origin"] == "https://app.example"
         other = c.options("/predict/x", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`API_KEYS_FILE=` (as compose passes an unset variable) must not name the current dir."""
+    monkeypatch.setenv("API_KEYS_FILE", "")
+    monkeypatch.setenv("API_KEYS", "")
+    settings = Settings()
+    assert settings.api_keys_file is None and not KeyRing.from_settings(settings).enabled
