@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import __version__
 from app.api import errors
 from app.api.auth import KeyRing, PredictScope
-from app.api.middleware import BodyLimitMiddleware, observe_request
+from app.api.middleware import BodyLimitMiddleware, ObserveMiddleware
 from app.api.routes import adapters, health, jobs, predict, training
 from app.config import Settings, get_settings
 from app.logs import configure_logging
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     # Added inner to outer: the access log and metrics see the body limit's 413s too.
     app.add_middleware(BodyLimitMiddleware, limit=cfg.max_request_bytes, exempt=_own_body_limit)
-    app.middleware("http")(observe_request)
+    app.add_middleware(ObserveMiddleware)
     if cfg.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origin_list,
                            allow_methods=["*"], allow_headers=["*"],
