@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -59,6 +60,7 @@ class AdapterRegistry:
         self.bank = AdapterBank(encoder.info.hidden_size, encoder.info.num_layers,
                                 encoder.device, encoder.dtype)
         self.stats = RegistryStats()
+        self._warned_at = -math.inf  # when the over-capacity warning was last logged
         self._lock = threading.RLock()
         self._key_locks: defaultdict[Key, threading.Lock] = defaultdict(threading.Lock)
         self._index: dict[Key, tuple[int, int]] = {}  # every version on disk -> its stamp
@@ -181,7 +183,9 @@ class AdapterRegistry:
             if entry.pins == 0:
                 self._retire(entry)
                 self.stats.evictions += 1
-        if len(self._resident) + room_for > self.capacity:
+        now = time.monotonic()
+        if len(self._resident) + room_for > self.capacity and now - self._warned_at > 60:
+            self._warned_at = now  # a batch over more tasks than the cap does this every time
             log.warning("all %d resident adapters are in use; exceeding the cap for now",
                         len(self._resident))
 

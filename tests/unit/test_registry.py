@@ -62,6 +62,20 @@ def test_pinned_adapters_are_not_evicted(store: AdapterStore, encoder: FrozenEnc
     assert registry.resident_keys() == [("t2", 1)]
 
 
+def test_going_over_the_cap_warns_once_a_minute_not_every_batch(
+        store: AdapterStore, encoder: FrozenEncoder, make_adapter: AdapterFactory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(3):
+        make_adapter(store, f"t{i}", seed=i)
+    registry = _registry(store, encoder, capacity=1)
+    feature = encoder.tokenizer.encode(["the film was good"])[0]
+    rows = [Row((f"t{i}", 1), feature) for i in range(3)]  # one batch over three tasks
+    for _ in range(5):
+        assert all(isinstance(r, dict) for r in InferenceEngine(encoder, registry).run(rows))
+    warnings = [r for r in caplog.records if "exceeding the cap" in r.getMessage()]
+    assert len(warnings) == 1
+
+
 def test_delete_while_pinned_frees_the_slot_only_after_release(
         store: AdapterStore, encoder: FrozenEncoder, make_adapter: AdapterFactory) -> None:
     make_adapter(store, "t")
