@@ -85,5 +85,7 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error in %s %s (request %s)", request.method, request.url.path,
                   request_id(request), exc_info=exc)
+        # Answered by Starlette's outermost middleware, past the one that adds the header.
         return error_response(request, 500, "internal_error",
-                              "internal error; the request id identifies it in the logs")
+                              "internal error; the request id identifies it in the logs",
+                              headers={REQUEST_ID_HEADER: request_id(request)})

@@ -135,3 +135,24 @@ def test_readiness_reports_the_workers(served: TestClient) -> None:
     down = served.get("/readyz")
     assert down.status_code == 503 and down.json()["status"] == "degraded"
     assert "the batching worker has stopped" in down.json()["problems"]
+
+
+def test_unexpected_errors_are_500s_with_the_request_id(
+        settings: Settings, store: AdapterStore, make_adapter: AdapterFactory,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    make_adapter(store, "sentiment")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+
+        async def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("secret internal detail")
+
+        monkeypatch.setattr(services.predictor, "predict", broken)
+        r = client.post("/predict/sentiment", json={"inputs": ["x"]},
+                        headers={"X-Request-ID": "boom-1"})
+        assert r.status_code == 500 and r.headers["X-Request-ID"] == "boom-1"
+        assert r.json()["error"] == {"code": "internal_error", "request_id": "boom-1",
+                                     "message": "internal error; the request id identifies it "
+                                                "in the logs"}
+        assert "secret internal detail" in caplog.text  # in the log, with its traceback
+        assert client.get("/healthz").status_code == 200
