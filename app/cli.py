@@ -1,4 +1,4 @@
-"""The `adapter-serve` command: serve (and, later, train offline)."""
+"""The `adapter-serve` command: serve, or train an adapter offline into the store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from app.config import get_settings
+from app.tasks import TASK_TYPES
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -79,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an adapter offline into ADAPTERS_DIR")
     train.add_argument("--name", required=True, help="adapter name")
     train.add_argument("--data", required=True, help="training rows: JSONL or CSV")
-    train.add_argument("--task-type", default="classification",
-                       choices=["classification", "regression", "token_classification",
-                                "question_answering"])
+    train.add_argument("--task-type", default=TASK_TYPES[0], choices=TASK_TYPES)
     train.add_argument("--labels", help="comma-separated class names (default: from the data)")
     train.add_argument("--validation", help="validation rows (default: a split of --data)")
     train.add_argument("--config-json", help='TrainConfig as JSON, e.g. \'{"epochs": 3}\'')

@@ -33,6 +33,8 @@ from app.model.adapter import AdapterConfig, tensor_shapes
 from app.model.encoder import FrozenEncoder
 from app.model.tokenization import Feature
 from app.serving.engine import InferenceEngine, Row
+from app.tasks import Prediction
+from app.tasks.classification import ClassificationResult
 from bench.common import (
     DEFAULT_DATA_DIR,
     CpuMonitor,
@@ -95,13 +97,14 @@ def assign_rows(batches: list[list[Feature]], keys: list[Key]) -> list[list[Row]
     return out
 
 
-def scores(results: list[dict[str, Any] | Exception]) -> torch.Tensor:
+def scores(results: list[Prediction | Exception]) -> torch.Tensor:
     """(N, C) class probabilities of the engine's decoded rows; an error row ends the run."""
     out = []
     for result in results:
         if isinstance(result, Exception):
             raise SystemExit(f"the engine returned an error: {result!r}")
-        out.append(list(result["scores"].values()))
+        assert isinstance(result, ClassificationResult)
+        out.append(list(result.scores.values()))
     return torch.tensor(out)
 
 

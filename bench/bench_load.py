@@ -34,7 +34,7 @@ from typing import Any
 
 from app.adapters.store import AdapterStore
 from app.model.encoder import FrozenEncoder
-from app.model.heads import HeadConfig
+from app.tasks import HeadConfig
 from bench.common import emit, log, machine_info, percentile, save_random_adapters, setup_logging
 from bench.loadgen import Connection
 from bench.server import Server

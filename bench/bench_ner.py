@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from app.model.encoder import FrozenEncoder
+from app.tasks import get_task
 from app.training.config import TrainConfig
 from app.training.data import prepare
-from app.training.loop import encode_examples, evaluate, train_adapter
+from app.training.loop import evaluate, train_adapter
 from bench.common import DEFAULT_DATA_DIR, CpuMonitor, emit, log, machine_info, read_jsonl, setup_logging
 
 TARGET_TEST_F1 = 0.80
@@ -58,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     for split, rows in (("validation", validation), ("test", test)):
         examples = prepare("token_classification", rows, rows, data.labels, 0.1, 0, 10**7,
                            10**6).validation
-        features, _ = encode_examples(encoder, examples, "token_classification",
-                                      config.resolved("token_classification").max_seq_length)
+        features, _ = get_task("token_classification").encode(
+            encoder.tokenizer, examples, config.resolved("token_classification").max_seq_length,
+            config.doc_stride)
         result[split] = {k: round(v, 4) for k, v in evaluate(
             encoder, trained.adapter, trained.head, features, examples, "token_classification",
             data.labels).items()}

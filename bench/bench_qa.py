@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from app.model.encoder import FrozenEncoder
+from app.tasks import get_task
 from app.training.config import TrainConfig
 from app.training.data import prepare
-from app.training.loop import encode_examples, evaluate, train_adapter
+from app.training.loop import evaluate, train_adapter
 from bench.common import DEFAULT_DATA_DIR, CpuMonitor, emit, log, machine_info, read_jsonl, setup_logging
 
 TARGET_F1 = 0.55
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         "history": trained.history, "machine": mon.result}
     examples = prepare("question_answering", test, test, None, 0.1, 0, 10**7, 10**6).validation
     length = config.resolved("question_answering").max_seq_length
-    features, _ = encode_examples(encoder, examples, "question_answering", length,
-                                  config.doc_stride)
+    features, _ = get_task("question_answering").encode(encoder.tokenizer, examples, length,
+                                                        config.doc_stride)
     t1 = time.perf_counter()
     scores = evaluate(encoder, trained.adapter, trained.head, features, examples,
                       "question_answering", [])

@@ -21,7 +21,7 @@ from app.adapters.format import AdapterMetadata, join, new_metadata
 from app.adapters.store import AdapterStore
 from app.model.adapter import AdapterConfig, AdapterSet
 from app.model.encoder import FrozenEncoder
-from app.model.heads import HeadConfig, build_head
+from app.tasks import HeadConfig, build_head
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.main import create_app
 from app.model.adapter import AdapterConfig, AdapterSet
 from app.model.encoder import FrozenEncoder
-from app.model.heads import HeadConfig, build_head
+from app.tasks import HeadConfig, build_head
 from tests.tiny import build_tiny_bert
 
 

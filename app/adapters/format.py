@@ -6,7 +6,7 @@ import hashlib
 import json
 import struct
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,9 +25,8 @@ from app.constants import (
 from app.errors import IncompatibleAdapterError, InvalidAdapterError
 from app.model.adapter import AdapterConfig, tensor_shapes
 from app.model.encoder import BaseModelInfo
-from app.model.heads import HeadConfig, build_head
+from app.tasks import HeadConfig, TaskType, build_head, get_task
 
-TaskType = Literal["classification", "regression", "token_classification", "question_answering"]
 SAFETENSORS_DTYPES = {"F32": torch.float32}
 
 
@@ -69,8 +68,7 @@ class AdapterMetadata(BaseModel):
                              f"task_type {self.task_type!r}")
         if self.head_config.labels != self.labels:
             raise ValueError("head_config.labels differ from labels")
-        if self.task_type in ("classification", "token_classification") and len(self.labels) < 2:
-            raise ValueError(f"a {self.task_type} adapter needs >= 2 labels, got {len(self.labels)}")
+        get_task(self.task_type).check_labels(self.labels)
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         return self

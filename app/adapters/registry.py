@@ -16,7 +16,7 @@ from app.adapters.store import AdapterStore, validate_name
 from app.errors import AdapterNotFoundError
 from app.model.bank import AdapterBank
 from app.model.encoder import FrozenEncoder
-from app.model.heads import Head, build_head
+from app.tasks import Head, build_head
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ class Feature:
     offsets: list[tuple[int, int]] = field(default_factory=list)
     word_ids: list[int | None] = field(default_factory=list)  # token -> word (None: special)
     text: str = ""  # what the offsets point into
-    options: dict[str, object] = field(default_factory=dict)  # per-request decoding options
     group: int = 0  # QA: which input this window belongs to
 
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.tasks import TaskType
 from app.training.config import TrainConfig
 from app.training.jobs import Job
 
@@ -20,8 +21,7 @@ class TrainRequestBody(BaseModel):
     }]})
 
     name: str = Field(description="Adapter name: [a-z0-9][a-z0-9_-]{0,63}.")
-    task_type: Literal["classification", "regression", "token_classification",
-                       "question_answering"]
+    task_type: TaskType
     labels: list[str] | None = Field(None, description="Class names or BIO tags; default: those "
                                      "in train.")
     train: list[Any] = Field(description='Rows {"text", "text_pair"?, "label"}; for '

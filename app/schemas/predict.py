@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.tasks import DecodeOptions, Prediction, TextInput
+from app.tasks.classification import ClassificationResult
+from app.tasks.question_answering import AnswerResult
+from app.tasks.regression import RegressionResult
+from app.tasks.token_classification import EntitiesResult
+
 
 class PairInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -43,9 +49,18 @@ class PredictRequest(BaseModel):
     allow_empty: bool = Field(False, description="Question answering: answer \"\" (with a low "
                               "score) when no span beats the no-answer score.")
 
-    def items(self) -> list[PairInput | TokensInput | QAInput]:
+    def text_inputs(self) -> list[TextInput]:
+        """The inputs as the prediction service takes them."""
         items = [self.inputs] if isinstance(self.inputs, str | QAInput) else self.inputs
-        return [PairInput(text=i) if isinstance(i, str) else i for i in items]
+        return [TextInput(i) if isinstance(i, str)
+                else TextInput(tokens=i.tokens) if isinstance(i, TokensInput)
+                else TextInput(i.context, question=i.question) if isinstance(i, QAInput)
+                else TextInput(i.text, i.text_pair) for i in items]
+
+    def options(self) -> DecodeOptions:
+        return DecodeOptions(return_tokens=self.return_tokens,
+                             max_answer_tokens=self.max_answer_tokens,
+                             allow_empty=self.allow_empty)
 
 
 class ClassificationPrediction(BaseModel):
@@ -86,8 +101,22 @@ class AnswerPrediction(BaseModel):
     score: float
 
 
+PredictionBody = ClassificationPrediction | RegressionPrediction | EntitiesPrediction | AnswerPrediction
+# The wire model of each task type's prediction (its fields are read off the result's attributes).
+WIRE: dict[type[Prediction], type[PredictionBody]] = {
+    ClassificationResult: ClassificationPrediction,
+    RegressionResult: RegressionPrediction,
+    EntitiesResult: EntitiesPrediction,
+    AnswerResult: AnswerPrediction,
+}
+
+
 class PredictResponse(BaseModel):
     task: str
     version: int
-    predictions: list[ClassificationPrediction | RegressionPrediction | EntitiesPrediction
-                      | AnswerPrediction]
+    predictions: list[PredictionBody]
+
+    @classmethod
+    def of(cls, task: str, version: int, predictions: list[Prediction]) -> PredictResponse:
+        return cls(task=task, version=version, predictions=[
+            WIRE[type(p)].model_validate(p, from_attributes=True) for p in predictions])

@@ -14,14 +14,16 @@ from app.adapters.registry import AdapterRegistry, Key, ResidentAdapter
 from app.errors import ServiceError
 from app.model.encoder import FrozenEncoder
 from app.model.tokenization import Feature
+from app.tasks import DecodeOptions, Prediction
 
 
 @dataclass(frozen=True)
 class Row:
-    """One input of one request: which adapter version, and its tokens."""
+    """One input of one request: which adapter version, its tokens, how to decode it."""
 
     key: Key
     feature: Feature
+    options: DecodeOptions = DecodeOptions()
 
 
 class InferenceEngine:
@@ -29,11 +31,11 @@ class InferenceEngine:
         self.encoder = encoder
         self.registry = registry
 
-    def run(self, rows: list[Row]) -> list[dict[str, Any] | Exception]:
+    def run(self, rows: list[Row]) -> list[Prediction | Exception]:
         """Per row: the head's decoded prediction, or the error of its adapter (others proceed)."""
         t0 = time.perf_counter()
         entries: dict[Key, ResidentAdapter] = {}
-        results: list[dict[str, Any] | Exception | None] = [None] * len(rows)
+        results: list[Prediction | Exception | None] = [None] * len(rows)
         try:
             for key in dict.fromkeys(r.key for r in rows):
                 try:
@@ -83,4 +85,4 @@ class InferenceEngine:
             offset += out.numel()
             head = entries[key].head
             for j, i in enumerate(members):
-                results[positions[i]] = head.decode(host[j], rows[i].feature)
+                results[positions[i]] = head.decode(host[j], rows[i].feature, rows[i].options)

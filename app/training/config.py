@@ -2,48 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from app.model.adapter import MAX_BOTTLENECK, AdapterConfig
-from app.model.heads import HeadConfig
-
-# Settings the best value of which depends on the task type; a request's own value wins.
-# Token classification and QA learn many more outputs per example (a tag per token, two
-# distributions over positions) than a sentence label, and keep improving for more epochs at a
-# higher rate (CoNLL-2003 and SQuAD benchmarks under bench/); QA contexts need long windows.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "classification": {"epochs": 3, "learning_rate": 1e-3, "max_seq_length": 128},
-    "regression": {"epochs": 3, "learning_rate": 1e-3, "max_seq_length": 128},
-    "token_classification": {"epochs": 5, "learning_rate": 2e-3, "max_seq_length": 128},
-    "question_answering": {"epochs": 3, "learning_rate": 2e-3, "max_seq_length": 384},
-}
+from app.model.adapter import AdapterConfig
+from app.tasks import HeadConfig, TaskType, get_task
 
 
-class TrainConfig(BaseModel):
-    """What `POST /adapters` accepts under "config" (and the CLI under --config-json)."""
+class TrainConfig(AdapterConfig):
+    """What `POST /adapters` accepts under "config" (and the CLI under --config-json).
+
+    The adapter's shape is an AdapterConfig (its fields and defaults, defined once there), so
+    the config stays one flat JSON object; the rest shapes the head and the optimisation.
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # JSON allows Infinity
 
-    # adapter shape
-    bottleneck_size: int | None = Field(None, ge=1, le=MAX_BOTTLENECK,
-                                        description="Bottleneck width; overrides reduction_factor.")
-    reduction_factor: float = Field(8.0, ge=1, description="Bottleneck = hidden / reduction_factor.")
-    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
-    placement: Literal["pfeiffer", "houlsby"] = "pfeiffer"
     # head
     pooling: Literal["mean", "cls"] = Field("mean", description="How the head pools tokens.")
     head_dropout: float = Field(0.1, ge=0, lt=1)
     base_dropout: bool = Field(True, description="Keep the frozen base's own dropout on while training.")
     # optimisation
     epochs: int | None = Field(None, ge=1, le=100, description="Passes over the training data; "
-                               "default per task type (TASK_DEFAULTS).")
+                               "default per task type (its TaskDefaults).")
     learning_rate: float | None = Field(None, gt=0, le=1, description="Peak learning rate; "
-                                        "default per task type (TASK_DEFAULTS).")
+                                        "default per task type (its TaskDefaults).")
     batch_size: int = Field(32, ge=1, le=1024)
     max_seq_length: int | None = Field(None, ge=8, le=4096, description="Tokens per training "
-                                       "example; default per task type (TASK_DEFAULTS).")
+                                       "example; default per task type (its TaskDefaults).")
     doc_stride: int = Field(128, ge=0, description="QA: tokens shared by consecutive windows of "
                             "a long context.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with rising LR.")
@@ -60,15 +48,13 @@ class TrainConfig(BaseModel):
 
     def resolved(self, task_type: str) -> TrainConfig:
         """This config with every per-task default filled in (what training actually uses)."""
-        defaults = TASK_DEFAULTS[task_type]
+        defaults = dataclasses.asdict(get_task(task_type).defaults)
         return self.model_copy(update={k: v for k, v in defaults.items()
                                        if getattr(self, k) is None})
 
     def adapter_config(self) -> AdapterConfig:
-        return AdapterConfig(bottleneck_size=self.bottleneck_size,
-                             reduction_factor=self.reduction_factor,
-                             activation=self.activation, placement=self.placement)
+        return AdapterConfig(**self.model_dump(include=set(AdapterConfig.model_fields)))
 
-    def head_config(self, task_type: str, labels: list[str]) -> HeadConfig:
-        return HeadConfig(task_type=task_type, labels=labels, pooling=self.pooling,  # type: ignore[arg-type]
+    def head_config(self, task_type: TaskType, labels: list[str]) -> HeadConfig:
+        return HeadConfig(task_type=task_type, labels=labels, pooling=self.pooling,
                           dropout=self.head_dropout)

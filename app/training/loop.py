@@ -7,7 +7,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,16 +15,10 @@ from torch import Tensor
 
 from app.model.adapter import AdapterSet
 from app.model.encoder import FrozenEncoder
-from app.model.heads import Head, QuestionAnsweringHead, build_head
 from app.model.tokenization import Feature
+from app.tasks import Head, get_task
+from app.tasks.base import Examples, TrainingData
 from app.training.config import TrainConfig
-from app.training.data import Examples, TrainingData
-from app.training.metrics import (
-    classification_metrics,
-    entity_scores,
-    regression_metrics,
-    squad_scores,
-)
 
 log = logging.getLogger(__name__)
 POOL_BATCHES = 50  # batches drawn together and sorted by length: little padding, still shuffled
@@ -63,7 +57,6 @@ class TrainResult:
     stop_reason: str  # "completed", "early stopping", "time limit"
     train_seconds: float
     examples_seen: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def examples_per_second(self) -> float:
@@ -81,68 +74,6 @@ def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> l
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def primary_metric(task_type: str, metrics: dict[str, float]) -> tuple[float, float]:
-    """Higher is better; the second number breaks ties."""
-    if task_type == "classification":
-        return metrics["accuracy"], metrics["macro_f1"]
-    if task_type == "token_classification":
-        return metrics["f1"], metrics["precision"]
-    if task_type == "question_answering":
-        return metrics["f1"], metrics["exact_match"]
-    return metrics["pearson"], -metrics["mse"]
-
-
-def encode_examples(encoder: FrozenEncoder, examples: Examples, task_type: str, max_length: int,
-                    stride: int = 128) -> tuple[list[Feature], list[Any]]:
-    """Features and, per feature, its target (NER: a tag index on each word's first sub-token,
-    -100 on every other token, so only those count in the loss; QA: the answer's first and
-    last token in the window, or (0, 0) when the window does not hold all of it)."""
-    tok = encoder.tokenizer
-    if task_type == "question_answering":
-        features = tok.encode_qa(examples.texts, examples.pairs, stride, max_length)  # type: ignore[arg-type]
-        return features, [_answer_tokens(f, examples.targets[f.group]) for f in features]
-    if task_type != "token_classification":
-        return tok.encode(examples.texts, examples.pairs, max_length), examples.targets
-    assert examples.words is not None
-    features = tok.encode_words(examples.words, max_length)
-    targets = []
-    for feature, tags in zip(features, examples.targets, strict=True):
-        seen: set[int] = set()
-        aligned = []
-        for w in feature.word_ids:
-            aligned.append(-100 if w is None or w in seen else tags[w])
-            if w is not None:
-                seen.add(w)
-        targets.append(aligned)
-    return features, targets
-
-
-def _answer_tokens(feature: Feature, target: dict[str, Any]) -> tuple[int, int]:
-    start, end = target["start"], target["start"] + len(target["text"])
-    first = last = None
-    for i, w in enumerate(feature.word_ids):
-        if w is None:
-            continue
-        a, b = feature.offsets[i]
-        if first is None and a <= start < b:
-            first = i
-        if a < end <= b:
-            last = i
-    return (first, last) if first is not None and last is not None else (0, 0)
-
-
-def collate_targets(targets: list[Any], task_type: str, length: int) -> Tensor:
-    """(B,) class indices or values, or (B, T) token tags padded with -100."""
-    if task_type == "question_answering":
-        return torch.tensor(targets, dtype=torch.long)  # (B, 2)
-    if task_type == "token_classification":
-        out = torch.full((len(targets), length), -100, dtype=torch.long)
-        for i, t in enumerate(targets):
-            out[i, :len(t)] = torch.tensor(t)
-        return out
-    return torch.tensor(targets, dtype=torch.long if task_type == "classification" else torch.float32)
 
 
 @torch.inference_mode()
@@ -165,32 +96,9 @@ def predict_outputs(encoder: FrozenEncoder, adapter: AdapterSet, head: Head,
 
 def evaluate(encoder: FrozenEncoder, adapter: AdapterSet, head: Head, features: list[Feature],
              examples: Examples, task_type: str, labels: list[str]) -> dict[str, float]:
+    """The task type's validation metrics of this adapter + head on tokenized examples."""
     outputs = predict_outputs(encoder, adapter, head, features)
-    if task_type == "question_answering":
-        windows: list[list[dict[str, Any]]] = [[] for _ in examples.targets]
-        for out, f in zip(outputs, features, strict=True):
-            windows[f.group].append(head.decode(out, f))
-        answers = [QuestionAnsweringHead.merge(w)["answer"] for w in windows]
-        return squad_scores(answers, [t["answers"] for t in examples.targets])
-    if task_type == "token_classification":
-        return entity_scores([[labels[t] for t in seq] for seq in examples.targets],
-                             [_word_tags(o, f, labels, len(seq))
-                              for o, f, seq in zip(outputs, features, examples.targets, strict=True)])
-    out = torch.stack(outputs)
-    if task_type == "classification":
-        return classification_metrics(examples.targets, out.argmax(-1).tolist(), len(labels))
-    return regression_metrics(examples.targets, out.tolist())
-
-
-def _word_tags(output: Tensor, feature: Feature, labels: list[str], n_words: int) -> list[str]:
-    """The tag of each word (its first sub-token's best); words cut off by truncation get O."""
-    tags = ["O"] * n_words
-    seen: set[int] = set()
-    for i, w in enumerate(feature.word_ids):
-        if w is not None and w not in seen:
-            seen.add(w)
-            tags[w] = labels[int(output[i].argmax())]
-    return tags
+    return get_task(task_type).evaluate(head, outputs, features, examples, labels)
 
 
 def _optimizer(adapter: AdapterSet, head: Head, config: TrainConfig, total_steps: int
@@ -240,17 +148,19 @@ class _Trainer:
         self.encoder, self.data, self.config = encoder, data, config
         self.on_progress, self.on_epoch, self.should_stop = on_progress, on_epoch, should_stop
         self.rng = random.Random(config.seed)
+        self.task = get_task(data.task_type)
         info = encoder.info
         self.adapter = AdapterSet(config.adapter_config(), info.hidden_size, info.num_layers)
-        self.head = build_head(config.head_config(data.task_type, data.labels), info.hidden_size)
+        self.head = self.task.build_head(config.head_config(data.task_type, data.labels),
+                                         info.hidden_size)
         self.adapter.to(encoder.device)
         self.head.to(encoder.device)
         assert config.epochs and config.learning_rate and config.max_seq_length, "not resolved"
         self.epochs, length = config.epochs, config.max_seq_length
-        self.train_feats, self.targets = encode_examples(encoder, data.train, data.task_type,
-                                                         length, config.doc_stride)
-        self.val_feats, _ = encode_examples(encoder, data.validation, data.task_type, length,
-                                            config.doc_stride)
+        self.train_feats, self.targets = self.task.encode(encoder.tokenizer, data.train, length,
+                                                          config.doc_stride)
+        self.val_feats, _ = self.task.encode(encoder.tokenizer, data.validation, length,
+                                             config.doc_stride)
         self.total_steps = math.ceil(len(self.train_feats) / config.batch_size) * self.epochs
         self.optimizer, self.scheduler = _optimizer(self.adapter, self.head, config,
                                                     self.total_steps)
@@ -270,7 +180,7 @@ class _Trainer:
             if self.on_epoch is not None:
                 self.on_epoch(record)
             log.info("epoch %d: %s", epoch, record)
-            score = primary_metric(self.data.task_type, metrics)
+            score = self.task.score(metrics)
             if best is None or score > best[0]:
                 best = (score, epoch, _copy(self.adapter), _copy(self.head))
                 stale = 0
@@ -303,8 +213,8 @@ class _Trainer:
                 raise TrainingCancelled()
             batch = enc.tokenizer.collate([self.train_feats[i] for i in idx]).to(enc.device)
             outputs = self.head(enc.forward(batch, self.adapter), batch.attention_mask)
-            targets = collate_targets([self.targets[i] for i in idx], self.data.task_type,
-                                      batch.input_ids.shape[1])
+            targets = self.task.collate_targets([self.targets[i] for i in idx],
+                                                batch.input_ids.shape[1])
             loss = self.head.loss(outputs, targets.to(enc.device), cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

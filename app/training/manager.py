@@ -73,7 +73,7 @@ class JobManager:
         data = prepare(req.task_type, req.train, req.validation, req.labels,
                        req.config.validation_fraction, req.config.seed, s.max_train_rows,
                        s.max_text_chars)
-        spec = {"labels": data.labels if req.task_type != "regression" else None,
+        spec = {"labels": data.labels or None,
                 "config": req.config.model_dump(exclude_unset=True),
                 "description": req.description, "train_rows": len(req.train),
                 "validation_rows": len(req.validation or [])}

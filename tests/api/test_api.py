@@ -15,7 +15,7 @@ from safetensors.torch import save as st_save
 from app.adapters.store import AdapterStore
 from app.config import Settings
 from app.main import create_app
-from app.model.heads import HeadConfig
+from app.tasks import HeadConfig
 from tests.conftest import AdapterFactory
 
 

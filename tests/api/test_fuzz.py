@@ -20,7 +20,7 @@ from app.adapters.store import AdapterStore
 from app.config import Settings
 from app.main import app as contract_app
 from app.main import create_app
-from app.model.heads import HeadConfig
+from app.tasks import HeadConfig
 from app.training.jobs import JobDB
 from tests.conftest import AdapterFactory
 

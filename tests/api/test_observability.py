@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.adapters.store import AdapterStore
 from app.config import Settings
 from app.main import create_app
-from app.model.heads import HeadConfig
+from app.tasks import HeadConfig
 from tests.api import test_training_api as training
 from tests.conftest import AdapterFactory
 

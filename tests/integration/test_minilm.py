@@ -13,7 +13,7 @@ from app.config import Settings
 from app.main import create_app
 from app.model.adapter import AdapterConfig, AdapterSet
 from app.model.encoder import EMBEDDED_MODEL_NAME, FrozenEncoder
-from app.model.heads import HeadConfig, build_head
+from app.tasks import HeadConfig, build_head
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,12 @@ import torch
 
 from app.errors import InvalidInputError
 from app.model.encoder import FrozenEncoder
-from app.model.heads import HeadConfig, TokenClassificationHead, word_spans
 from app.model.tokenization import Feature
+from app.tasks import DecodeOptions, HeadConfig, get_task
+from app.tasks.token_classification import TokenClassificationHead, word_spans
 from app.training.config import TrainConfig
 from app.training.data import prepare
-from app.training.loop import encode_examples, train_adapter
+from app.training.loop import train_adapter
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC"]
 
@@ -55,7 +56,7 @@ def test_only_first_sub_token_of_a_word_carries_its_tag(encoder: FrozenEncoder) 
                    [{"tokens": ["john", "visited", "parisx"], "tags": ["B-PER", "O", "B-LOC"]}] * 4,
                    [{"tokens": ["mary"], "tags": ["B-PER"]}], None, 0.25, 0, 100, 100)
     assert data.labels == ["O", "B-LOC", "B-PER"]
-    feats, targets = encode_examples(encoder, data.train, data.task_type, 64)
+    feats, targets = get_task(data.task_type).encode(encoder.tokenizer, data.train, 64, 0)
     assert feats[0].word_ids == [None, 0, 1, 2, 2, None]
     assert targets[0] == [-100, 2, 0, 1, -100, -100]
 
@@ -77,12 +78,13 @@ def test_decode_repairs_bio_and_points_into_the_text() -> None:
         probs[i + 1, labels.index(t)] = 0.9 if i != 3 else 0.7
     head = TokenClassificationHead(HeadConfig(task_type="token_classification", labels=labels), 4)
     feature = _feature(text, spans)
-    feature.options = {"return_tokens": True}
-    out = head.decode(probs, feature)
-    assert [(e["text"], e["label"], e["start"], e["end"]) for e in out["entities"]] == [
+    out = head.decode(probs, feature, DecodeOptions(return_tokens=True))
+    assert [(e.text, e.label, e.start, e.end) for e in out.entities] == [
         ("John Smith", "PER", 4, 14), ("Anna", "PER", 19, 23), ("São Paulo", "LOC", 27, 36)]
-    assert out["entities"][0]["score"] == pytest.approx(0.8)
-    assert [t["tag"] for t in out["tokens"]] == tags and out["tokens"][0]["token"] == "Dr"
+    assert out.entities[0].score == pytest.approx(0.8)
+    assert out.tokens is not None
+    assert [t.tag for t in out.tokens] == tags and out.tokens[0].token == "Dr"
+    assert head.decode(probs, feature, DecodeOptions()).tokens is None
 
 
 @pytest.mark.parametrize(("rows", "message"), [

@@ -9,10 +9,16 @@ import torch
 
 from app.errors import InvalidInputError
 from app.model.encoder import FrozenEncoder
-from app.model.heads import HeadConfig, QuestionAnsweringHead
+from app.tasks import DecodeOptions, HeadConfig, get_task
+from app.tasks.question_answering import (
+    AnswerResult,
+    QuestionAnsweringHead,
+    WindowAnswer,
+    merge_windows,
+)
 from app.training.config import TrainConfig
 from app.training.data import prepare
-from app.training.loop import encode_examples, train_adapter
+from app.training.loop import train_adapter
 
 FILL = ["the", "film", "was", "good", "and", "it", "very", "fun", "today", "in"]
 
@@ -37,7 +43,8 @@ def test_long_context_windows_and_answer_positions(encoder: FrozenEncoder) -> No
     row = {"question": "who ?", "context": context,
            "answers": {"text": ["john"], "answer_start": [context.index("john")]}}
     data = prepare("question_answering", [row] * 4, [row], None, 0.25, 0, 10_000, 10_000)
-    features, targets = encode_examples(encoder, data.validation, "question_answering", 32, 8)
+    features, targets = get_task("question_answering").encode(encoder.tokenizer, data.validation,
+                                                              32, 8)
     assert len(features) > 3 and {f.group for f in features} == {0}
     found = [(f, t) for f, t in zip(features, targets, strict=True) if t != (0, 0)]
     assert found  # in at least one window the answer lies whole ...
@@ -57,15 +64,15 @@ def test_decode_picks_the_best_valid_span_and_merge_the_best_window(encoder: Fro
     ctx = [i for i, w in enumerate(f.word_ids) if w is not None]
     logits[ctx[2], 0], logits[ctx[2], 1] = 5.0, 5.0  # "paris"
     logits[1, 0] = 9.0  # a question token: never an answer
-    out = head.decode(logits, f)
-    assert (out["answer"], out["start"], out["end"]) == ("paris", 13, 18)
-    assert 0 < out["null_score"] < out["score"] < 1
-    weak = {**out, "answer": "mary", "score": out["score"] / 2}
-    assert QuestionAnsweringHead.merge([weak, out])["answer"] == "paris"
-    nothing = {"answer": "x", "start": 0, "end": 1, "score": 0.01, "null_score": 0.5}
-    assert QuestionAnsweringHead.merge([nothing])["answer"] == "x"
-    assert QuestionAnsweringHead.merge([nothing], allow_empty=True) == {
-        "answer": "", "start": 0, "end": 0, "score": 0.01}
+    out = head.decode(logits, f, DecodeOptions())
+    assert (out.answer, out.start, out.end) == ("paris", 13, 18)
+    assert 0 < out.null_score < out.score < 1
+    assert head.decode(logits, f, DecodeOptions(max_answer_tokens=1)).answer == "paris"
+    weak = WindowAnswer("mary", 0, 4, out.score / 2, out.null_score)
+    assert merge_windows([weak, out]).answer == "paris"
+    nothing = WindowAnswer("x", 0, 1, 0.01, 0.5)
+    assert merge_windows([nothing]).answer == "x"
+    assert merge_windows([nothing], allow_empty=True) == AnswerResult("", 0, 0, 0.01)
 
 
 @pytest.mark.parametrize(("row", "message"), [

@@ -10,6 +10,8 @@ from app.adapters.store import AdapterStore
 from app.errors import AdapterNotFoundError
 from app.model.encoder import FrozenEncoder
 from app.serving.engine import InferenceEngine, Row
+from app.tasks.classification import ClassificationResult
+from app.tasks.regression import RegressionResult
 from tests.conftest import AdapterFactory
 
 
@@ -24,12 +26,15 @@ def _predict(registry: AdapterRegistry, encoder: FrozenEncoder, key: tuple[str, 
     """The class probabilities for one fixed text."""
     feature = encoder.tokenizer.encode(["the film was good"])[0]
     result = InferenceEngine(encoder, registry).run([Row(key, feature)])[0]
-    assert isinstance(result, dict)
-    return list(result["scores"].values())
+    assert isinstance(result, ClassificationResult)
+    return list(result.scores.values())
 
 
-def _numbers(prediction: dict) -> list[float]:
-    return list(prediction["scores"].values()) if "scores" in prediction else [prediction["value"]]
+def _numbers(prediction: object) -> list[float]:
+    if isinstance(prediction, ClassificationResult):
+        return list(prediction.scores.values())
+    assert isinstance(prediction, RegressionResult)
+    return [prediction.value]
 
 
 def test_lru_eviction_and_reload_on_demand(store: AdapterStore, encoder: FrozenEncoder,
@@ -71,7 +76,8 @@ def test_going_over_the_cap_warns_once_a_minute_not_every_batch(
     feature = encoder.tokenizer.encode(["the film was good"])[0]
     rows = [Row((f"t{i}", 1), feature) for i in range(3)]  # one batch over three tasks
     for _ in range(5):
-        assert all(isinstance(r, dict) for r in InferenceEngine(encoder, registry).run(rows))
+        assert all(isinstance(r, ClassificationResult)
+                   for r in InferenceEngine(encoder, registry).run(rows))
     warnings = [r for r in caplog.records if "exceeding the cap" in r.getMessage()]
     assert len(warnings) == 1
 
@@ -120,7 +126,7 @@ def test_resolve_names_what_is_missing(store: AdapterStore, encoder: FrozenEncod
 @torch.inference_mode()
 def test_engine_mixed_tasks_equal_one_at_a_time(store: AdapterStore, encoder: FrozenEncoder,
                                                 make_adapter: AdapterFactory) -> None:
-    from app.model.heads import HeadConfig
+    from app.tasks import HeadConfig
 
     make_adapter(store, "cls", seed=1)
     make_adapter(store, "reg", seed=2, head=HeadConfig(task_type="regression"))
@@ -133,7 +139,7 @@ def test_engine_mixed_tasks_equal_one_at_a_time(store: AdapterStore, encoder: Fr
     for key, feat, out in zip(keys, feats, mixed, strict=True):
         alone = engine.run([Row(key, feat)])[0]
         assert _numbers(alone) == pytest.approx(_numbers(out), rel=1e-4, abs=1e-6)
-    assert set(mixed[0]) == {"label", "score", "scores"} and set(mixed[1]) == {"value"}
+    assert isinstance(mixed[0], ClassificationResult) and isinstance(mixed[1], RegressionResult)
 
 
 def test_metadata_is_cached_until_the_version_changes(store: AdapterStore, encoder: FrozenEncoder,

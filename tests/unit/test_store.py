@@ -25,7 +25,7 @@ from app.errors import (
 )
 from app.model.adapter import AdapterConfig
 from app.model.encoder import BaseModelInfo, FrozenEncoder
-from app.model.heads import HeadConfig
+from app.tasks import HeadConfig
 from tests.conftest import AdapterFactory, random_adapter
 
 
@@ -181,7 +181,7 @@ def _header_meta(data: bytes) -> dict[str, str]:
     ("flipped byte", "checksum mismatch"),
     ("truncated", "truncated"),
     ("nan", r"tensor adapter.layers.0.ffn.up.weight has 1 non-finite values"),
-    ("wrong shape", r"adapter.layers.0.ffn.down.weight has shape \(3, 32\), expected \(2, 32\)"),
+    ("wrong shape", r"adapter.layers.0.ffn.down.weight has shape \(3, 32\), expected \(4, 32\)"),
     ("missing tensor", r"missing \['head.out.bias'\]"),
     ("wrong dtype", "has dtype F64, expected F32"),
     ("huge header", "exceeds the limit"),

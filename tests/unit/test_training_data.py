@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from app.errors import InvalidInputError
+from app.tasks import get_task
+from app.tasks.classification import accuracy, macro_f1
+from app.tasks.regression import mse, pearson, ranks, spearman
 from app.training.data import parse_file, prepare, split
-from app.training.metrics import accuracy, macro_f1, mse, pearson, ranks, spearman
 
 
 def _prep(rows, task="classification", labels=None, validation=None, max_rows=1000):  # type: ignore[no-untyped-def]
@@ -75,13 +77,13 @@ def test_labels_inferred_and_given() -> None:
 
 def test_split_is_stratified_seeded_and_disjoint() -> None:
     targets = [0] * 80 + [1] * 20
-    train, val = split(targets, "classification", 0.1, seed=3)
+    train, val = split(targets, 0.1, seed=3)
     assert sorted(train + val) == list(range(100)) and not set(train) & set(val)
     assert [targets[i] for i in val].count(1) == 2 and len(val) == 10
-    assert split(targets, "classification", 0.1, seed=3) == (train, val)
-    assert split(targets, "classification", 0.1, seed=4) != (train, val)
+    assert split(targets, 0.1, seed=3) == (train, val)
+    assert split(targets, 0.1, seed=4) != (train, val)
     values = [float(i) for i in range(50)]
-    _, reg_val = split(values, "regression", 0.2, seed=0)
+    _, reg_val = split(get_task("regression").strata(values), 0.2, seed=0)
     assert len(reg_val) == 10 and min(reg_val) < 10 and max(reg_val) >= 40  # spread over the range
 
 
@@ -99,7 +101,7 @@ def test_metrics_against_values_computed_by_hand() -> None:
 
 
 def test_bio_spans_follow_conlleval() -> None:
-    from app.training.metrics import bio_spans
+    from app.tasks.token_classification import bio_spans
 
     tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-ORG", "O", "B-MISC"]
     assert bio_spans(tags) == [("PER", 0, 1), ("LOC", 3, 4), ("LOC", 5, 5), ("ORG", 6, 6),
@@ -107,7 +109,7 @@ def test_bio_spans_follow_conlleval() -> None:
 
 
 def test_entity_scores_by_hand() -> None:
-    from app.training.metrics import entity_scores
+    from app.tasks.token_classification import entity_scores
 
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
     pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "B-MISC"]]
@@ -121,7 +123,7 @@ def test_entity_scores_by_hand() -> None:
 
 
 def test_squad_scores_by_hand() -> None:
-    from app.training.metrics import normalize_answer, squad_scores
+    from app.tasks.question_answering import normalize_answer, squad_scores
 
     assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
     assert normalize_answer("an apple, a pear") == "apple pear"

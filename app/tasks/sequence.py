@@ -1,0 +1,78 @@
+"""What sentence-level task types share: {text, text_pair?, label} rows and a pooled head."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from app.errors import InvalidInputError
+from app.model.tokenization import Feature, TextEncoder
+from app.tasks.base import Examples, Head, HeadConfig, Task
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, mode: str) -> Tensor:
+    """(B, T, H) -> (B, H): the first token, or the mean over real (unpadded) tokens."""
+    if mode == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class SequenceHead(Head):
+    """Pooled sequence -> dense + tanh -> `outputs` numbers (logits, or one value)."""
+
+    def __init__(self, config: HeadConfig, hidden_size: int) -> None:
+        super().__init__(config, hidden_size)
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, self.outputs())
+        self.dropout = nn.Dropout(config.dropout)
+
+    @abstractmethod
+    def outputs(self) -> int:
+        """Width of the output layer."""
+
+    def features(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:  # -> (B, n_out)
+        x = pool(hidden, attention_mask, self.config.pooling)
+        x = torch.tanh(self.dense(self.dropout(x)))
+        return self.out(self.dropout(x))
+
+
+def check_text_rows(rows: list[Any], what: str, max_chars: int) -> Examples:
+    """{"text", "text_pair"?, "label"} rows; the labels stay as given."""
+    texts, pairs, labels = [], [], []
+    for i, row in enumerate(rows):
+        where = f"{what}[{i}]"
+        if not isinstance(row, dict):
+            raise InvalidInputError(f"{where} must be an object with text and label")
+        if "label" not in row or row["label"] is None:
+            raise InvalidInputError(f"{where} has no 'label'")
+        for key in ("text", "text_pair"):
+            value = row.get(key)
+            if key == "text_pair" and value is None:
+                continue
+            if not isinstance(value, str):
+                got = "nothing" if value is None else type(value).__name__
+                raise InvalidInputError(f"{where}.{key} must be a string, got {got}")
+            if not value.strip():
+                raise InvalidInputError(f"{where}.{key} is empty")
+            if len(value) > max_chars:
+                raise InvalidInputError(f"{where}.{key} has {len(value)} characters; the limit "
+                                        f"is {max_chars}")
+        texts.append(row["text"])
+        pairs.append(row.get("text_pair"))
+        labels.append(row["label"])
+    return Examples(texts, pairs, labels)
+
+
+class SequenceTask(Task):
+    """A task type with one output per text (or text pair)."""
+
+    def read_rows(self, rows: list[Any], what: str, max_chars: int) -> Examples:
+        return check_text_rows(rows, what, max_chars)
+
+    def encode(self, tokenizer: TextEncoder, examples: Examples, max_length: int,
+               stride: int) -> tuple[list[Feature], list[Any]]:
+        return tokenizer.encode(examples.texts, examples.pairs, max_length), examples.targets
