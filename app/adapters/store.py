@@ -50,6 +50,19 @@ def validate_name(name: str) -> str:
     return name
 
 
+def _list_dir(path: Path) -> list[os.DirEntry[str]]:
+    """The entries of a directory; none when it is missing or not a directory.
+
+    Listing is the check: a concurrent delete may remove a name directory at any moment, so
+    asking `is_dir()` first and listing next would only open a window for FileNotFoundError.
+    """
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -73,7 +86,10 @@ def _locked_temp_dir(name_dir: Path) -> Iterator[Path]:
     directory is one that clean_stale may remove, and a locked one belongs to a live writer.
     """
     for attempt in range(1, 11):
-        name_dir.mkdir(parents=True, exist_ok=True)
+        # Not exist_ok: its is_dir() check after EEXIST fails when a delete removes the directory
+        # in between. Whether the directory is there and usable, mkdtemp finds out.
+        with contextlib.suppress(FileExistsError):
+            name_dir.mkdir(parents=True)
         try:
             tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=name_dir))
             fd = os.open(tmp, os.O_RDONLY)
@@ -143,17 +159,12 @@ class AdapterStore:
         return self._name_dir(name) / f"{VERSION_DIR_PREFIX}{version}"
 
     def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(e.name for e in os.scandir(self.root)
+        return sorted(e.name for e in _list_dir(self.root)
                       if e.is_dir() and NAME_RE.match(e.name) and self.versions(e.name))
 
     def versions(self, name: str) -> list[int]:
-        path = self._name_dir(name)
-        if not path.is_dir():
-            return []
         found = []
-        for entry in os.scandir(path):
+        for entry in _list_dir(self._name_dir(name)):
             suffix = entry.name[len(VERSION_DIR_PREFIX):]
             if entry.name.startswith(VERSION_DIR_PREFIX) and suffix.isdigit() and entry.is_dir():
                 found.append(int(suffix))
@@ -235,7 +246,9 @@ class AdapterStore:
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     continue
                 raise
-            _fsync_dir(name_dir)
+            # The version is in place; a concurrent delete may have removed it, and the name with it.
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_dir(name_dir)
             log.info("stored adapter %s v%d", meta.name, version)
             return stored
 
@@ -278,13 +291,9 @@ class AdapterStore:
 
         Safe while other processes save into the store: their directories are locked.
         """
-        if not self.root.is_dir():
-            return
-        for name_dir in self.root.iterdir():
-            if not name_dir.is_dir():
-                continue
-            for entry in name_dir.iterdir():
+        for name_dir in _list_dir(self.root):  # a name may vanish with its last version
+            for entry in _list_dir(Path(name_dir.path)):
                 if entry.name.startswith(TRASH_PREFIX):
-                    shutil.rmtree(entry, ignore_errors=True)
+                    shutil.rmtree(entry.path, ignore_errors=True)
                 elif entry.name.startswith(TMP_PREFIX):
-                    _remove_if_abandoned(entry)
+                    _remove_if_abandoned(Path(entry.path))

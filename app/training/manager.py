@@ -22,7 +22,7 @@ from app.errors import ServiceError
 from app.training.config import TrainConfig
 from app.training.data import prepare
 from app.training.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobDB
-from app.training.worker import CANCELLED_ERROR, job_result, run_job
+from app.training.worker import CANCELLED_ERROR, WorkerSettings, job_result, run_job
 
 log = logging.getLogger(__name__)
 DISPATCH_INTERVAL_S = 0.2
@@ -54,6 +54,7 @@ class JobManager:
     def __init__(self, settings: Settings, store: AdapterStore,
                  on_stored: Callable[[str, int], object]) -> None:
         self.settings = settings
+        self._worker_settings = WorkerSettings.of(settings)  # all a worker gets: no secrets
         self.store = store
         self.db = JobDB(settings.jobs_db_path)
         self._on_stored = on_stored
@@ -164,7 +165,7 @@ class JobManager:
     def _launch(self, job: Job) -> None:
         proc = self._ctx.Process(
             target=run_job, name=f"train-{job.id[:8]}", daemon=True,
-            args=(job.id, self.settings.model_dump(mode="json"), os.getpid()))
+            args=(job.id, self._worker_settings, os.getpid()))
         proc.start()
         self._procs[job.id] = proc
         log.info("job %s started in worker pid %s", job.id, proc.pid)

@@ -9,7 +9,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -83,14 +85,47 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def run_job(job_id: str, settings_json: dict[str, Any], parent_pid: int) -> None:
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The part of Settings a training worker uses, and nothing else: no API key or key file
+    travels into the worker process (its arguments are pickled to it). Each field is named
+    like the Settings attribute it is copied from."""
+
+    log_level: str
+    """Python logging level."""
+    log_format: Literal["json", "text"]
+    """One JSON object per log line, or plain text."""
+    train_nice: int
+    """Scheduling niceness of the worker."""
+    train_threads: int
+    """torch threads; 0 = all cores."""
+    jobs_db_path: Path
+    """SQLite file of training jobs (resolved: never None)."""
+    max_train_rows: int
+    """Rows (train + validation) in one job."""
+    max_text_chars: int
+    """Characters in one text (or text pair member)."""
+    base_model: str
+    """Local directory or hub id of the encoder; empty: the embedded MiniLM."""
+    device: str
+    """'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    max_seq_length: int
+    """Tokens per input after tokenization."""
+    adapters_dir: Path
+    """The adapter store the trained version is saved to."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> WorkerSettings:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+def run_job(job_id: str, settings: WorkerSettings, parent_pid: int) -> None:
     """Process entry point: train one claimed job and record how it ended."""
     _die_with_parent()
     # A session of its own: Ctrl+C in a terminal, or a signal to the server's process group,
     # reaches only the API process, which then stops this worker and re-queues its job.
     with contextlib.suppress(OSError):
         os.setsid()
-    settings = Settings(**settings_json)
     configure_logging(settings.log_level, settings.log_format, job_id=job_id)
     os.nice(settings.train_nice)
     torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)

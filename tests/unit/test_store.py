@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -61,24 +65,112 @@ def test_saving_again_creates_a_new_version(store: AdapterStore, make_adapter: A
         store.delete("t")
 
 
+def _delete(store: AdapterStore, version: int | None = None) -> list[int]:
+    """Delete adapter "t" (or one version); [] where another delete took everything first."""
+    try:
+        return store.delete("t", version)
+    except AdapterNotFoundError:
+        return []
+
+
 def test_concurrent_deletes_remove_each_version_once(store: AdapterStore,
                                                      make_adapter: AdapterFactory) -> None:
     """Deletes racing for one name: each version is removed by exactly one of them, the others
-    find nothing (404), and none fails otherwise (it used to: FileNotFoundError, a 500)."""
-
-    def delete(version: int | None) -> list[int]:
-        try:
-            return store.delete("t", version)
-        except AdapterNotFoundError:
-            return []
-
+    find nothing (404), and none fails otherwise (it used to, by luck now and then:
+    FileNotFoundError, a 500; the test below loses that race every time)."""
     for _ in range(10):
         for seed in range(3):
             make_adapter(store, "t", seed=seed)
         with ThreadPoolExecutor(6) as pool:
-            removed = list(pool.map(delete, [None, 2, None, 1, None, None]))
+            removed = list(pool.map(lambda v: _delete(store, v), [None, 2, None, 1, None, None]))
         assert sorted(v for r in removed for v in r) == [1, 2, 3]
         assert store.names() == []
+
+
+# ------------------------------------------------- a delete removes the name meanwhile, every time
+WAIT_S = 30.0  # bounds every wait below, so a race that goes wrong fails instead of hanging
+LISTING = [(os, "scandir"), (os, "listdir")]  # listdir: what Path.iterdir lists with
+Victim = Callable[[AdapterStore, AdapterFactory], object]
+
+
+def _lose_race_to_a_delete(monkeypatch: pytest.MonkeyPatch, store: AdapterStore,
+                           victim: Callable[[], object], pause_in: list[tuple[Any, str]],
+                           nth: int, after: bool) -> object:
+    """Run `victim` in a thread and stop it at its `nth` call, on the directory of adapter "t",
+    of the functions in `pause_in` (before the call, or after it when `after`); delete "t"
+    meanwhile, to the end, then let the victim go on. Returns what the victim returned."""
+    name_dir = store.root / "t"
+    in_victim, calls = threading.local(), itertools.count(1)
+    paused, reached, deleted = threading.Event(), threading.Event(), threading.Event()
+
+    def wait_for_the_delete() -> None:
+        paused.set()
+        reached.set()
+        assert deleted.wait(WAIT_S), "the delete did not finish"
+
+    def pausing(real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            hit = (getattr(in_victim, "yes", False) and isinstance(path, (str, os.PathLike))
+                   and Path(path) == name_dir and next(calls) == nth)
+            if hit and not after:
+                wait_for_the_delete()
+            try:
+                return real(path, *args, **kwargs)
+            finally:
+                if hit and after:
+                    wait_for_the_delete()
+        return call
+
+    def run_victim() -> object:
+        in_victim.yes = True
+        try:
+            return victim()
+        finally:
+            reached.set()
+
+    for owner, attr in pause_in:
+        monkeypatch.setattr(owner, attr, pausing(getattr(owner, attr)))
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(run_victim)
+        try:
+            assert reached.wait(WAIT_S) and paused.is_set(), "the victim never reached the pause"
+            store.delete("t")
+            assert not name_dir.exists()
+        finally:
+            deleted.set()
+        return result.result(WAIT_S)
+
+
+@pytest.mark.parametrize(("victim", "pause_in", "nth", "after", "expected", "left"), [
+    pytest.param(lambda s, m: s.versions("t"), LISTING, 1, False, [], [], id="versions"),
+    pytest.param(lambda s, m: s.names(), LISTING, 1, False, ["a"], [], id="names"),
+    pytest.param(lambda s, m: list(s.snapshot()), LISTING, 1, False, [("a", 1)], [],
+                 id="snapshot"),
+    pytest.param(lambda s, m: _delete(s), LISTING, 1, False, [], [], id="delete-404"),
+    # Its own version gone, delete lists the rest to see whether the name is empty now.
+    pytest.param(lambda s, m: _delete(s, 1), LISTING, 2, False, [1], [], id="delete-tail"),
+    pytest.param(lambda s, m: s.clean_stale(), LISTING, 1, False, None, [], id="clean_stale"),
+    # Renamed into place, then the name directory is fsync'ed: the version was stored.
+    pytest.param(lambda s, m: m(s, "t", seed=3).version, [(store_module, "_fsync_dir")], 1,
+                 False, 3, [], id="save-after-rename"),
+    # mkdir finds the name directory there (EEXIST), which is gone when exist_ok checks it.
+    pytest.param(lambda s, m: m(s, "t", seed=3).version, [(os, "mkdir")], 1, True, 1, [1],
+                 id="save-making-the-name"),
+])
+def test_name_removed_by_a_concurrent_delete_meanwhile(
+        store: AdapterStore, make_adapter: AdapterFactory, monkeypatch: pytest.MonkeyPatch,
+        victim: Victim, pause_in: list[tuple[Any, str]], nth: int, after: bool,
+        expected: object, left: list[int]) -> None:
+    """Each store operation, stopped at the moment a delete removing the whole name hurts it
+    most: it sees the name as it is after the delete, and fails with nothing else (it used to:
+    FileNotFoundError out of the store, a 500)."""
+    make_adapter(store, "a")
+    make_adapter(store, "t", seed=1)
+    make_adapter(store, "t", seed=2)
+    assert _lose_race_to_a_delete(monkeypatch, store, lambda: victim(store, make_adapter),
+                                  pause_in, nth, after) == expected
+    assert store.versions("t") == left
+    assert store.names() == (["a", "t"] if left else ["a"])
 
 
 def test_crash_mid_write_leaves_previous_version(store: AdapterStore,
