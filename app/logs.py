@@ -52,8 +52,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if getattr(record, "request_id", None):
-            out["request_id"] = record.request_id  # type: ignore[attr-defined]
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            out["request_id"] = request_id
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
@@ -63,7 +64,7 @@ class JsonFormatter(logging.Formatter):
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is at the time (test capture and redirections swap it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

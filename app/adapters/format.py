@@ -89,7 +89,7 @@ def new_metadata(name: str, head: HeadConfig, adapter: AdapterConfig, base: Base
     """Metadata for an adapter about to be stored (the store assigns version and checksum)."""
     return AdapterMetadata(
         name=name, task_type=head.task_type, labels=head.labels, adapter_config=adapter,
-        head_config=head, base_model=BaseModelRef(**base.as_dict()), metrics=metrics or {},
+        head_config=head, base_model=BaseModelRef.model_validate(base.as_dict()), metrics=metrics or {},
         description=description,
     )
 

@@ -57,10 +57,11 @@ def point_index(layer: int, position: str) -> int:
     return layer * len(POSITIONS) + POSITIONS.index(position)
 
 
-def tensor_shapes(config: AdapterConfig, hidden_size: int, num_layers: int) -> dict[str, tuple]:
+def tensor_shapes(config: AdapterConfig, hidden_size: int, num_layers: int
+                  ) -> dict[str, tuple[int, ...]]:
     """Names and shapes of every tensor of an adapter (without the file prefix)."""
     r = config.bottleneck(hidden_size)
-    shapes: dict[str, tuple] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(num_layers):
         for pos in config.positions():
             key = f"layers.{layer}.{pos}"
@@ -93,7 +94,8 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, hidden: Tensor) -> Tensor:  # (B, T, H) -> (B, T, H)
-        return self.up(self.act(self.down(hidden)))
+        out: Tensor = self.up(self.act(self.down(hidden)))
+        return out
 
 
 class AdapterSet(nn.Module):
@@ -116,6 +118,7 @@ class AdapterSet(nn.Module):
     def delta(self, point: int, hidden: Tensor) -> Tensor | None:
         layer, pos = divmod(point, len(POSITIONS))
         adapters = self.layers[layer]
+        assert isinstance(adapters, nn.ModuleDict)
         name = POSITIONS[pos]
         return adapters[name](hidden) if name in adapters else None
 
@@ -143,6 +146,8 @@ class RoutingHook:
 class AdaptedLinear(nn.Module):
     """Wraps a base output projection: y = base(x); y + adapter(y) for the routed adapter."""
 
+    hook: RoutingHook
+
     def __init__(self, base_layer: nn.Module, point: int, hook: RoutingHook) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -151,7 +156,7 @@ class AdaptedLinear(nn.Module):
         self.__dict__["hook"] = hook
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.base_layer(x)
+        y: Tensor = self.base_layer(x)
         routing = self.hook.current
         if routing is None:
             return y

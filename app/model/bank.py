@@ -92,11 +92,13 @@ class AdapterBank:
                 self._points[p] = self._alloc(self._capacity, self._rank)
 
     def _alloc(self, slots: int, rank: int) -> PointWeights:
-        h, kw = self.hidden_size, {"device": self.device, "dtype": self.dtype}
-        return PointWeights(
-            torch.zeros(slots, h, rank, **kw), torch.zeros(slots, rank, **kw),
-            torch.zeros(slots, rank, h, **kw), torch.zeros(slots, h, **kw),
-        )
+        h = self.hidden_size
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(*shape, device=self.device, dtype=self.dtype)
+
+        return PointWeights(zeros(slots, h, rank), zeros(slots, rank), zeros(slots, rank, h),
+                            zeros(slots, h))
 
     def _grow(self, capacity: int, rank: int) -> None:
         for p, old in enumerate(self._points):
@@ -175,5 +177,6 @@ class RowRouting:
             return ACTIVATIONS[self._act_masks[0][0]](z)
         out = z
         for name, mask in self._act_masks:
+            assert mask is not None  # one mask per activation when there are several
             out = torch.where(mask.view(-1, 1, 1), ACTIVATIONS[name](z), out)
         return out

@@ -7,10 +7,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from app.errors import UnsupportedModelError
@@ -63,7 +64,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def fingerprint(model: nn.Module, model_type: str) -> str:
+def fingerprint(model: PreTrainedModel, model_type: str) -> str:
     """sha256 over the architecture and every weight, taken before any dtype cast."""
     digest = hashlib.sha256()
     cfg = model.config
@@ -79,7 +80,7 @@ def fingerprint(model: nn.Module, model_type: str) -> str:
 class FrozenEncoder:
     """A pretrained encoder with adapter hooks in every layer; its own weights never change."""
 
-    def __init__(self, model: nn.Module, tokenizer: TextEncoder, info: BaseModelInfo,
+    def __init__(self, model: PreTrainedModel, tokenizer: TextEncoder, info: BaseModelInfo,
                  device: torch.device, dtype: torch.dtype) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -109,7 +110,8 @@ class FrozenEncoder:
         )
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        model.to(device=dev, dtype=dt).eval().requires_grad_(False)
+        # As a Module: transformers' decorated `to` hides its signature from type checkers.
+        cast(nn.Module, model).to(device=dev, dtype=dt).eval().requires_grad_(False)
         limit = getattr(model.config, "max_position_embeddings", max_seq_length)
         if model_type in ("roberta", "xlm-roberta", "camembert"):
             limit -= 2  # positions start after the padding index
@@ -129,16 +131,18 @@ class FrozenEncoder:
             )
         finally:
             self.hook.set(previous)
-        return out.last_hidden_state
+        hidden: Tensor = out.last_hidden_state  # (B, T, H)
+        return hidden
 
     def base_parameters(self) -> dict[str, Tensor]:
         return {n: p for n, p in self.model.named_parameters()}
 
 
-def _load_model(path: str) -> nn.Module:
+def _load_model(path: str) -> PreTrainedModel:
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
         raise OSError(f"{path} has no config.json")
     try:
-        return AutoModel.from_pretrained(path, add_pooling_layer=False)
+        model: PreTrainedModel = AutoModel.from_pretrained(path, add_pooling_layer=False)
     except TypeError:  # encoders without a pooler (DistilBERT) do not take the argument
-        return AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+    return model

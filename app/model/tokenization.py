@@ -37,11 +37,11 @@ class EncodedBatch:
                             None if self.token_type_ids is None else self.token_type_ids.pin_memory())
 
     def to(self, device: torch.device, non_blocking: bool = False) -> EncodedBatch:
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=non_blocking)
 
-        return EncodedBatch(move(self.input_ids), move(self.attention_mask),  # type: ignore[arg-type]
-                            move(self.token_type_ids))
+        return EncodedBatch(move(self.input_ids), move(self.attention_mask),
+                            None if self.token_type_ids is None else move(self.token_type_ids))
 
 
 class TextEncoder:
@@ -59,16 +59,15 @@ class TextEncoder:
         limit = min(max_length or self.max_length, self.max_length)
         if pairs is None or all(p is None for p in pairs):
             return self._encode(texts, None, limit)
-        features: list[Feature | None] = [None] * len(texts)
+        by_row: dict[int, Feature] = {}
         singles = [i for i, p in enumerate(pairs) if p is None]
         doubles = [i for i, p in enumerate(pairs) if p is not None]
         for idx, feats in (
             (singles, self._encode([texts[i] for i in singles], None, limit)),
             (doubles, self._encode([texts[i] for i in doubles], [pairs[i] for i in doubles], limit)),
         ):
-            for i, f in zip(idx, feats, strict=True):
-                features[i] = f
-        return features  # type: ignore[return-value]
+            by_row.update(zip(idx, feats, strict=True))
+        return [by_row[i] for i in range(len(texts))]
 
     def _encode(self, texts: list[str], pairs: list[str | None] | None, limit: int) -> list[Feature]:
         if not texts:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.tasks import TaskType
 from app.training.config import TrainConfig
-from app.training.jobs import Job
+from app.training.jobs import Job, JobStatus
 
 
 class TrainRequestBody(BaseModel):
@@ -46,7 +46,7 @@ class JobView(BaseModel):
     job_id: str
     name: str
     task_type: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     progress: dict[str, Any] | None = Field(
         None, description="epoch, epochs, step, total_steps, fraction, eta_seconds, train_loss.")
     train_loss: float | None = Field(None, description="Latest training loss.")
@@ -67,7 +67,7 @@ class JobView(BaseModel):
     @classmethod
     def of(cls, job: Job) -> JobView:
         return cls(
-            job_id=job.id, name=job.name, task_type=job.task_type, status=job.status,  # type: ignore[arg-type]
+            job_id=job.id, name=job.name, task_type=job.task_type, status=job.status,
             progress=job.progress,
             train_loss=(job.progress or {}).get("train_loss"), metrics=job.history or [],
             result=job.result,

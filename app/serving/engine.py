@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -35,7 +34,7 @@ class InferenceEngine:
         """Per row: the head's decoded prediction, or the error of its adapter (others proceed)."""
         t0 = time.perf_counter()
         entries: dict[Key, ResidentAdapter] = {}
-        results: list[Prediction | Exception | None] = [None] * len(rows)
+        results: dict[int, Prediction | Exception] = {}
         try:
             for key in dict.fromkeys(r.key for r in rows):
                 try:
@@ -54,11 +53,11 @@ class InferenceEngine:
         metrics.BATCH_TOKENS.observe(len(rows) * max((len(r.feature) for r in rows), default=0))
         metrics.BATCH_ADAPTERS.observe(len({r.key for r in rows}))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(len(rows))]
 
     @torch.inference_mode()
     def _forward(self, rows: list[Row], entries: dict[Key, ResidentAdapter], positions: list[int],
-                 results: list[Any]) -> None:
+                 results: dict[int, Prediction | Exception]) -> None:
         enc = self.encoder
         batch = enc.tokenizer.collate([r.feature for r in rows])
         on_gpu = enc.device.type == "cuda"

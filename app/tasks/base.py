@@ -56,7 +56,8 @@ class Head(nn.Module, ABC):
 
     def predict(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """Serving outputs (probabilities, values), still on the device."""
-        return self(hidden, attention_mask).float()
+        out: Tensor = self(hidden, attention_mask)
+        return out.float()
 
     @abstractmethod
     def loss(self, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor: ...

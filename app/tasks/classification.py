@@ -32,7 +32,7 @@ class ClassificationHead(SequenceHead):
         return self.features(hidden, attention_mask)
 
     def predict(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        return self(hidden, attention_mask).float().softmax(-1)
+        return super().predict(hidden, attention_mask).softmax(-1)
 
     def loss(self, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
         return nn.functional.cross_entropy(outputs.float(), targets, label_smoothing=label_smoothing)

@@ -62,7 +62,7 @@ class QuestionAnsweringHead(Head):
         self.out = nn.Linear(hidden_size, 2)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:  # -> (B, T, 2)
-        logits = self.out(self.dropout(hidden))
+        logits: Tensor = self.out(self.dropout(hidden))
         return logits.masked_fill(attention_mask.unsqueeze(-1) == 0, -1e4)
 
     def loss(self, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:

@@ -37,7 +37,8 @@ class SequenceHead(Head):
     def features(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:  # -> (B, n_out)
         x = pool(hidden, attention_mask, self.config.pooling)
         x = torch.tanh(self.dense(self.dropout(x)))
-        return self.out(self.dropout(x))
+        out: Tensor = self.out(self.dropout(x))
+        return out
 
 
 def check_text_rows(rows: list[Any], what: str, max_chars: int) -> Examples:

@@ -91,10 +91,11 @@ class TokenClassificationHead(Head):
         self.out = nn.Linear(hidden_size, len(config.labels))
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:  # -> (B, T, L)
-        return self.out(self.dropout(hidden))
+        logits: Tensor = self.out(self.dropout(hidden))
+        return logits
 
     def predict(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        return self(hidden, attention_mask).float().softmax(-1)
+        return super().predict(hidden, attention_mask).softmax(-1)
 
     def loss(self, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
         # targets (B, T): a tag index on each word's first sub-token, IGNORE elsewhere

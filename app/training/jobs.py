@@ -15,11 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 from app.errors import JobNotFoundError, JobQueueFullError, NameInTrainingError, StoreWriteError
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
 ACTIVE = (QUEUED, RUNNING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 # SQLite errors (extended names start with these) that mean the disk refused a write.
@@ -56,7 +61,7 @@ class Job:
     id: str
     name: str
     task_type: str
-    status: str
+    status: JobStatus
     created_at: float
     spec: dict[str, Any]
     started_at: float | None = None
@@ -193,7 +198,8 @@ class JobDB:
             row = db.execute("SELECT payload FROM job_data WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobNotFoundError(f"training data of job {job_id} is gone")
-        return json.loads(zlib.decompress(row["payload"]))
+        payload: dict[str, Any] = json.loads(zlib.decompress(row["payload"]))
+        return payload
 
     def set_worker(self, job_id: str, pid: int) -> None:
         with self._connect() as db:
@@ -214,7 +220,7 @@ class JobDB:
                              (job_id,)).fetchone()
         return row is None or bool(row["cancel_requested"]) or row["status"] != RUNNING
 
-    def finish(self, job_id: str, status: str, error: str | None = None,
+    def finish(self, job_id: str, status: JobStatus, error: str | None = None,
                adapter_version: int | None = None, result: dict[str, Any] | None = None) -> bool:
         """Move a running job to a terminal state; False if it was not running any more."""
         assert status in TERMINAL

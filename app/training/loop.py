@@ -84,14 +84,13 @@ def predict_outputs(encoder: FrozenEncoder, adapter: AdapterSet, head: Head,
     head.eval()
     encoder.model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]))
-    outputs: list[Tensor | None] = [None] * len(features)
+    outputs: dict[int, Tensor] = {}
     for start in range(0, len(order), EVAL_BATCH_SIZE):
         idx = order[start:start + EVAL_BATCH_SIZE]
         batch = encoder.tokenizer.collate([features[i] for i in idx]).to(encoder.device)
         out = head.predict(encoder.forward(batch, adapter), batch.attention_mask).float().cpu()
-        for j, i in enumerate(idx):
-            outputs[i] = out[j]
-    return outputs  # type: ignore[return-value]
+        outputs.update(zip(idx, out, strict=True))
+    return [outputs[i] for i in range(len(features))]
 
 
 def evaluate(encoder: FrozenEncoder, adapter: AdapterSet, head: Head, features: list[Feature],

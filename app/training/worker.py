@@ -21,8 +21,9 @@ from app.config import Settings
 from app.errors import ServiceError
 from app.logs import configure_logging
 from app.model.encoder import FrozenEncoder
+from app.tasks.base import TrainingData
 from app.training.config import TrainConfig
-from app.training.data import TrainingData, prepare
+from app.training.data import prepare
 from app.training.jobs import CANCELLED, FAILED, SUCCEEDED, JobDB
 from app.training.loop import Progress, TrainingCancelled, TrainResult, train_adapter
 
