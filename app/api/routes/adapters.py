@@ -28,12 +28,7 @@ ERRORS = responses(404, 422)
 
 @router.get("", response_model=AdapterList)
 def list_adapters(services: ServicesDep) -> AdapterList:
-    return AdapterList(adapters=[
-        AdapterSummary(name=i.meta.name, latest_version=i.meta.version, versions=i.versions,
-                       task_type=i.meta.task_type, labels=i.meta.labels,
-                       created_at=i.meta.created_at)
-        for i in services.adapters.list()
-    ])
+    return AdapterList(adapters=[AdapterSummary.of(i) for i in services.adapters.list()])
 
 
 @router.post("/reload", response_model=ReloadResult, dependencies=[AdminScope])
@@ -46,9 +41,7 @@ def reload_adapters(services: ServicesDep) -> ReloadResult:
 @router.get("/{name}", response_model=AdapterDetail, responses=ERRORS)
 def describe_adapter(name: str, services: ServicesDep, version: VersionQuery = None
                      ) -> AdapterDetail:
-    info = services.adapters.describe(name, version)
-    return AdapterDetail(**info.meta.model_dump(), versions=info.versions,
-                         resident=info.resident)
+    return AdapterDetail.of(services.adapters.describe(name, version))
 
 
 @router.get("/{name}/download", response_class=FileResponse, responses=ERRORS)
@@ -70,9 +63,7 @@ def download_adapter(name: str, services: ServicesDep, version: VersionQuery = N
 async def import_adapter(name: str, request: Request, services: ServicesDep) -> AdapterDetail:
     """Import an adapter file (from /download or `adapter-serve train`) as a new version."""
     data = await _read_upload(request, services.settings.max_adapter_bytes)
-    meta = await asyncio.to_thread(services.adapters.import_bytes, name, data)
-    return AdapterDetail(**meta.model_dump(), versions=services.registry.names().get(name, []),
-                         resident=False)
+    return AdapterDetail.of(await asyncio.to_thread(services.adapters.import_bytes, name, data))
 
 
 @router.delete("/{name}", response_model=DeleteResult, responses=ERRORS,
