@@ -10,9 +10,17 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from app.api.auth import AdminScope
+from app.api.body import (
+    MULTIPART_FRAMING,
+    BodyLimit,
+    is_multipart,
+    limited_form,
+    read_limited,
+    read_part,
+)
 from app.api.deps import ServicesDep
 from app.api.errors import responses
-from app.errors import InvalidInputError, PayloadTooLargeError
+from app.errors import InvalidInputError
 from app.schemas.adapters import (
     AdapterDetail,
     AdapterList,
@@ -62,7 +70,9 @@ def download_adapter(name: str, services: ServicesDep, version: VersionQuery = N
                     "file": {"type": "string", "format": "binary"}}}}}}})
 async def import_adapter(name: str, request: Request, services: ServicesDep) -> AdapterDetail:
     """Import an adapter file (from /download or `adapter-serve train`) as a new version."""
-    data = await _read_upload(request, services.settings.max_adapter_bytes)
+    limit = BodyLimit(services.settings.max_adapter_bytes, "MAX_ADAPTER_BYTES",
+                      "the adapter upload")
+    data = await _read_upload(request, limit)
     return AdapterDetail.of(await asyncio.to_thread(services.adapters.import_bytes, name, data))
 
 
@@ -73,32 +83,17 @@ def delete_adapter(name: str, services: ServicesDep, version: VersionQuery = Non
     return DeleteResult(name=name, deleted_versions=services.adapters.delete(name, version))
 
 
-async def _read_upload(request: Request, limit: int) -> bytes:
-    """The raw body, or the `file` part of a multipart body, refusing more than `limit` bytes."""
-    too_big = PayloadTooLargeError(f"the adapter upload exceeds the limit of {limit} bytes "
-                                   f"(setting MAX_ADAPTER_BYTES)")
-    multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
-    declared = request.headers.get("content-length", "")
-    # Multipart framing adds a little; the part itself is measured below.
-    if declared.isdigit() and int(declared) > limit + (64 * 1024 if multipart else 0):
-        raise too_big
-    if multipart:
-        async with request.form() as form:  # closes the spooled files
+async def _read_upload(request: Request, limit: BodyLimit) -> bytes:
+    """The raw body, or the `file` part of a multipart body."""
+    if not is_multipart(request):
+        data = await read_limited(request, limit)
+    else:
+        async with limited_form(request, limit, framing=MULTIPART_FRAMING) as form:
             part = form.get("file")
             if not isinstance(part, UploadFile):
                 raise InvalidInputError(
                     "multipart upload needs the adapter file in a part named 'file'")
-            data = await part.read(limit + 1)
-    else:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_big
-            chunks.append(chunk)
-        data = b"".join(chunks)
-    if len(data) > limit:
-        raise too_big
+            data = await read_part(part, limit)
     if not data:
         raise InvalidInputError("the upload is empty: send the .safetensors file as the body")
     return data
