@@ -108,9 +108,9 @@ class JobManager:
         """How many jobs are in each status."""
         return self.db.counts()
 
-    def running(self) -> list[Job]:
+    def running(self) -> tuple[Job, ...]:
         """The jobs a worker process is training now."""
-        return self.db.list(RUNNING)
+        return tuple(self.db.list(RUNNING))
 
     def _announce(self, job: Job) -> None:
         if job.status == SUCCEEDED and job.adapter_version is not None:
