@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = await anyio.to_thread.run_sync(Services.build, cfg)
         await services.start()
         app.state.keys, app.state.services = keys, services
-        log.info("ready: %d adapters in %s", len(services.registry.names()), cfg.adapters_dir)
+        log.info("ready: %d adapters in %s", services.status().adapters_stored, cfg.adapters_dir)
         try:
             yield
         finally:

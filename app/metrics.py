@@ -1,12 +1,10 @@
-"""Prometheus metrics: events are counted where they happen; state is read from the live
-objects when /metrics is scraped, so a gauge can never drift from the truth."""
+"""Prometheus metrics: events are counted where they happen; state is a snapshot the service
+takes when /metrics is scraped, so a gauge can never drift from the truth."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
-import torch
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,8 +15,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from app.services import Services
+from app.status import DeviceMemory, ServiceStatus
 
 NAMESPACE = "adapter_serve"
 EVENTS = CollectorRegistry()  # process-wide: one service per process
@@ -48,51 +45,51 @@ BATCH_SECONDS = Histogram("batch_forward_seconds", "Time of one forward pass, de
 
 
 class ServiceCollector(Collector):
-    """Gauges and totals read from one running service at scrape time."""
+    """Gauges and totals read from a status snapshot taken at scrape time."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, snapshot: Callable[[], ServiceStatus]) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        s = self.services
-        yield _gauge("queue_rows", "Rows waiting for a forward pass.", s.batcher.queued_rows)
-        yield _gauge("adapters_stored", "Adapter names in the store.", len(s.registry.names()))
+        s = self.snapshot()
+        yield _gauge("queue_rows", "Rows waiting for a forward pass.", s.queue_rows)
+        yield _gauge("adapters_stored", "Adapter names in the store.", s.adapters_stored)
         yield _gauge("adapters_resident", "Adapter versions loaded on the device.",
-                     len(s.registry.resident_keys()))
-        yield _gauge("adapters_resident_capacity", "MAX_RESIDENT_ADAPTERS.", s.registry.capacity)
+                     s.adapters_resident)
+        yield _gauge("adapters_resident_capacity", "MAX_RESIDENT_ADAPTERS.", s.adapters_capacity)
         yield CounterMetricFamily(f"{NAMESPACE}_adapter_loads", "Adapter versions loaded onto "
-                                  "the device.", value=s.registry.stats.loads)
+                                  "the device.", value=s.adapter_loads)
         yield CounterMetricFamily(f"{NAMESPACE}_adapter_evictions", "Adapter versions evicted "
-                                  "to make room (LRU).", value=s.registry.stats.evictions)
+                                  "to make room (LRU).", value=s.adapter_evictions)
         jobs = GaugeMetricFamily(f"{NAMESPACE}_training_jobs", "Training jobs by status.",
                                  labels=["status"])
-        for status, n in sorted(s.jobs.db.counts().items()):
+        for status, n in sorted(s.jobs.items()):
             jobs.add_metric([status], n)
         yield jobs
         progress = GaugeMetricFamily(f"{NAMESPACE}_training_progress_ratio", "Share of the "
                                      "optimiser steps done, per running job.",
                                      labels=["job", "name"])
-        for job in s.jobs.db.list("running"):
-            done = (job.progress or {}).get("fraction", 0.0)
-            progress.add_metric([job.id, job.name], float(done))
+        for job in s.running:
+            progress.add_metric([job.job_id, job.name], job.fraction)
         yield progress
-        yield _gauge("training_workers", "Live training worker processes.", s.jobs.workers_alive())
-        device = s.encoder.device
-        if device.type == "cuda":
-            yield _gauge("device_memory_allocated_bytes", "Tensor memory on the GPU.",
-                         torch.cuda.memory_allocated(device))
-            yield _gauge("device_memory_reserved_bytes", "Memory held by the caching allocator.",
-                         torch.cuda.memory_reserved(device))
-            yield _gauge("device_memory_total_bytes", "The GPU's memory.",
-                         torch.cuda.get_device_properties(device).total_memory)
+        yield _gauge("training_workers", "Live training worker processes.", s.workers_alive)
+        if s.device_memory is not None:
+            yield from _device_memory(s.device_memory)
+
+
+def _device_memory(memory: DeviceMemory) -> Iterator[Metric]:
+    yield _gauge("device_memory_allocated_bytes", "Tensor memory on the GPU.", memory.allocated)
+    yield _gauge("device_memory_reserved_bytes", "Memory held by the caching allocator.",
+                 memory.reserved)
+    yield _gauge("device_memory_total_bytes", "The GPU's memory.", memory.total)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{NAMESPACE}_{name}", doc, value=value)
 
 
-def render(services: Services) -> bytes:
-    """The text exposition: process-wide events, then the service's state."""
+def render(snapshot: Callable[[], ServiceStatus]) -> bytes:
+    """The text exposition: process-wide events, then the state `snapshot` reports."""
     state = CollectorRegistry(auto_describe=False)
-    state.register(ServiceCollector(services))
+    state.register(ServiceCollector(snapshot))
     return generate_latest(EVENTS) + generate_latest(state)

@@ -19,6 +19,8 @@ from app.model.encoder import FrozenEncoder
 from app.serving.batcher import Batcher, BatchLimits
 from app.serving.engine import InferenceEngine, Row
 from app.serving.predictor import PredictionService, PredictLimits
+from app.status import DeviceMemory, JobProgress, ReadinessReport, ServiceStatus
+from app.training.jobs import Job
 from app.training.manager import JobManager
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,36 @@ class Services:
         jobs = JobManager(settings, store, on_stored=registry.ensure_indexed)
         return cls(settings, encoder, store, registry, adapters, batcher, predictor, jobs)
 
+    def readiness(self) -> ReadinessReport:
+        """Whether the store is readable and the batching and job workers are alive."""
+        problems = []
+        try:
+            self.store.check_readable()
+        except OSError as exc:
+            problems.append(f"adapter store not readable: {exc}")
+        if not self.batcher.running:
+            problems.append("the batching worker has stopped")
+        if not self.jobs.dispatching:
+            problems.append("the training job dispatcher has stopped")
+        return ReadinessReport(tuple(problems), self.encoder.info.name, str(self.encoder.device),
+                               self.status())
+
+    def status(self) -> ServiceStatus:
+        """A snapshot of the queue, the adapters, the training jobs and the device's memory."""
+        registry = self.registry
+        return ServiceStatus(
+            queue_rows=self.batcher.queued_rows,
+            adapters_stored=len(registry.names()),
+            adapters_resident=len(registry.resident_keys()),
+            adapters_capacity=registry.capacity,
+            adapter_loads=registry.stats.loads,
+            adapter_evictions=registry.stats.evictions,
+            jobs=self.jobs.counts(),
+            running=tuple(_progress(job) for job in self.jobs.running()),
+            workers_alive=self.jobs.workers_alive(),
+            device_memory=_device_memory(self.encoder.device),
+        )
+
     async def start(self) -> None:
         await self.batcher.start()
         await self.jobs.start()
@@ -89,3 +121,15 @@ class Services:
                 await asyncio.to_thread(self.registry.refresh)
             except Exception:  # a bad moment on disk must not stop the polling
                 log.exception("store poll failed")
+
+
+def _progress(job: Job) -> JobProgress:
+    return JobProgress(job.id, job.name, float((job.progress or {}).get("fraction", 0.0)))
+
+
+def _device_memory(device: torch.device) -> DeviceMemory | None:
+    if device.type != "cuda":
+        return None
+    return DeviceMemory(allocated=torch.cuda.memory_allocated(device),
+                        reserved=torch.cuda.memory_reserved(device),
+                        total=torch.cuda.get_device_properties(device).total_memory)

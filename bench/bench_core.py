@@ -122,12 +122,12 @@ def sanity_check(encoder: FrozenEncoder, engine: InferenceEngine, registry: Adap
         slots = [entries[i % len(keys)].slot for i in range(len(rows))]
         with torch.inference_mode():
             batch = encoder.tokenizer.collate(features)
-            hidden = encoder.forward(batch, registry.bank.routing(slots))  # (B, T, H)
+            hidden = encoder.forward(batch, registry.routing(slots))  # (B, T, H)
             base = encoder.forward(batch)
             hidden_diff = 0.0
             for i, f in enumerate(features):
                 alone = encoder.forward(encoder.tokenizer.collate([f]),
-                                        registry.bank.routing([slots[i]]))[0]  # (T_i, H)
+                                        registry.routing([slots[i]]))[0]  # (T_i, H)
                 hidden_diff = max(hidden_diff, float((hidden[i, :len(f)] - alone).abs().max()))
             adapter_effect = float((hidden - base).abs().max())
     finally:

@@ -14,7 +14,7 @@ import torch
 from app.adapters.format import AdapterMetadata
 from app.adapters.store import AdapterStore, validate_name
 from app.errors import AdapterNotFoundError
-from app.model.bank import AdapterBank
+from app.model.bank import AdapterBank, RowRouting
 from app.model.encoder import FrozenEncoder
 from app.tasks import Head, build_head
 
@@ -194,6 +194,10 @@ class AdapterRegistry:
         entry.retired = True
         if entry.pins == 0:
             self.bank.remove(entry.slot)
+
+    def routing(self, slots: list[int]) -> RowRouting:
+        """Per-row routing for one batch: row i goes through the pinned adapter in slots[i]."""
+        return self.bank.routing(slots)
 
     def resident_keys(self) -> list[Key]:
         with self._lock:

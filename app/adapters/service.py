@@ -24,7 +24,7 @@ class AdapterService:
         self.registry = registry
         self.max_bytes = max_bytes
 
-    def list(self) -> list[AdapterInfo]:
+    def overview(self) -> list[AdapterInfo]:
         resident = set(self.registry.resident_keys())
         infos = []
         for name, versions in sorted(self.registry.names().items()):
@@ -41,13 +41,14 @@ class AdapterService:
         name, v = self.registry.resolve(name, version)
         return self.store.weights_path(name, v), v
 
-    def import_bytes(self, name: str, data: bytes) -> AdapterMetadata:
+    def import_bytes(self, name: str, data: bytes) -> AdapterInfo:
+        """Store an adapter file as the next version of `name`; it is served from now on."""
         if len(data) > self.max_bytes:
             raise PayloadTooLargeError(
                 f"adapter file of {len(data)} bytes exceeds the limit of {self.max_bytes}")
         meta = self.store.import_bytes(name, data, self.registry.encoder.info)
         self.registry.refresh()
-        return meta
+        return AdapterInfo(meta, self.registry.names().get(name, []), resident=False)
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
         return self.registry.delete(name, version)

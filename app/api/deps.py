@@ -39,7 +39,7 @@ async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -
 
 
 def get_services(request: Request) -> Services:
-    services = getattr(request.app.state, "services", None)
+    services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         raise NotReadyError("the service is starting: the base model is not loaded yet")
     return services

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import ServiceError
+from app import errors as domain
 from app.logs import new_request_id
 from app.schemas.common import ErrorResponse
 
@@ -30,6 +32,49 @@ ERROR_STATUSES = {
     504: "No answer within REQUEST_TIMEOUT_S.",
     507: "The adapter store or the job database cannot be written (disk full or read-only).",
 }
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """How a domain error is answered over HTTP: its status, and headers derived from it."""
+
+    status: int
+    headers: Callable[[Any], dict[str, str]] = lambda exc: {}
+
+
+def _bearer(exc: domain.UnauthorizedError) -> dict[str, str]:
+    return {"WWW-Authenticate": "Bearer"}
+
+
+def _retry_after(exc: domain.OverloadedError) -> dict[str, str]:
+    return {"Retry-After": str(max(1, round(exc.retry_after)))}
+
+
+# Domain error -> HTTP answer. A class not listed answers as its nearest listed ancestor.
+HTTP_ANSWERS: dict[type[domain.ServiceError], HttpAnswer] = {
+    domain.ServiceError: HttpAnswer(400),
+    domain.UnauthorizedError: HttpAnswer(401, _bearer),
+    domain.ForbiddenError: HttpAnswer(403),
+    domain.NotFoundError: HttpAnswer(404),
+    domain.IncompatibleAdapterError: HttpAnswer(409),
+    domain.NameInTrainingError: HttpAnswer(409),
+    domain.PayloadTooLargeError: HttpAnswer(413),
+    domain.InvalidNameError: HttpAnswer(422),
+    domain.InvalidInputError: HttpAnswer(422),
+    domain.InvalidAdapterError: HttpAnswer(422),
+    domain.JobQueueFullError: HttpAnswer(429),
+    domain.ClientGoneError: HttpAnswer(499),  # nginx's "client closed request"
+    domain.UnsupportedModelError: HttpAnswer(500),
+    domain.OverloadedError: HttpAnswer(503, _retry_after),
+    domain.NotReadyError: HttpAnswer(503),
+    domain.RequestTimeoutError: HttpAnswer(504),
+    domain.StoreWriteError: HttpAnswer(507),
+}
+
+
+def http_answer(exc: domain.ServiceError) -> HttpAnswer:
+    """The answer listed for the error's class or, failing that, its nearest ancestor."""
+    return next(HTTP_ANSWERS[cls] for cls in type(exc).__mro__ if cls in HTTP_ANSWERS)
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -53,16 +98,21 @@ def error_response(request: Request, status: int, code: str, message: str,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def service_error_response(request: Request, exc: domain.ServiceError) -> JSONResponse:
+    answer = http_answer(exc)
+    return error_response(request, answer.status, exc.code, exc.message, exc.details or None,
+                          answer.headers(exc) or None)
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) or "body"
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request, exc.status_code, exc.code, exc.message,
-                              exc.details or None, exc.headers or None)
+    @app.exception_handler(domain.ServiceError)
+    async def _service_error(request: Request, exc: domain.ServiceError) -> JSONResponse:
+        return service_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

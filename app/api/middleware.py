@@ -8,10 +8,13 @@ from collections.abc import Callable
 
 from fastapi import Request
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
-from app.api.errors import REQUEST_ID_HEADER, error_response
+from app.api.body import BodyLimit, read_limited
+from app.api.errors import REQUEST_ID_HEADER, service_error_response
+from app.errors import PayloadTooLargeError
 from app.logs import REQUEST_ID, new_request_id
 
 log = logging.getLogger("app.access")
@@ -68,39 +71,30 @@ class BodyLimitMiddleware:
     routes that enforce a limit of their own (uploads)."""
 
     def __init__(self, app: ASGIApp, limit: int, exempt: Callable[[str, str], bool]) -> None:
-        self.app, self.limit, self.exempt = app, limit, exempt
+        self.app, self.exempt = app, exempt
+        self.limit = BodyLimit(limit, "MAX_REQUEST_BYTES")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.exempt(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
+        request = Request(scope, receive)
+        try:  # buffer the body (at most `limit` bytes), then replay it to the app
+            body = await read_limited(request, self.limit)
+        except PayloadTooLargeError as exc:
+            await service_error_response(request, exc)(scope, receive, send)
             return
-        # Buffer the body (at most `limit` bytes), then replay it to the app.
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left: let the app see it
-                await self.app(scope, _replay([message], receive), send)
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await self._refuse(scope, receive, send)
-                return
-        replay: Message = {"type": "http.request", "body": bytes(body), "more_body": False}
-        await self.app(scope, _replay([replay], receive), send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope)
-        response = error_response(request, 413, "payload_too_large", f"request body over "
-                                  f"{self.limit} bytes (MAX_REQUEST_BYTES)")
-        await response(scope, receive, send)
+        except ClientDisconnect:  # the client left: let the app see it
+            await self.app(scope, _replay({"type": "http.disconnect"}, receive), send)
+            return
+        await self.app(scope, _replay({"type": "http.request", "body": body, "more_body": False},
+                                      receive), send)
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def _replay(message: Message, receive: Receive) -> Receive:
+    """`message` first, then what the client sends next (a disconnect, while the app works)."""
+    pending = [message]
+
     async def replayed() -> Message:
-        return messages.pop(0) if messages else await receive()
+        return pending.pop() if pending else await receive()
     return replayed

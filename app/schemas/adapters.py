@@ -1,10 +1,63 @@
-"""Response bodies of the /adapters endpoints."""
+"""Response bodies of the /adapters endpoints: wire copies, built from the stored metadata."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any, Literal
 
-from app.adapters.format import AdapterMetadata
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.adapters.service import AdapterInfo
+from app.constants import FORMAT_VERSION, NAME_PATTERN
+from app.model.adapter import MAX_BOTTLENECK
+from app.tasks import TaskType
+
+# The wire models declare their own fields so that the disk format (app.adapters.format) can
+# change without changing the API. They are built from the stored metadata, which may carry
+# fields the API does not show: those are dropped (extra="ignore"); the schema still promises
+# no other properties, as the answer holds none.
+WIRE = ConfigDict(extra="ignore", json_schema_extra={"additionalProperties": False})
+
+
+class AdapterConfig(BaseModel):
+    """Shape of a bottleneck adapter: h' = h + act(h W_down + b_down) W_up + b_up."""
+
+    model_config = WIRE
+
+    bottleneck_size: int | None = Field(
+        None, ge=1, le=MAX_BOTTLENECK, description="Bottleneck width; overrides reduction_factor."
+    )
+    reduction_factor: float = Field(
+        8.0, ge=1, description="Bottleneck width = hidden size / reduction_factor."
+    )
+    activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
+        "relu", description="Non-linearity inside the bottleneck (all map 0 to 0)."
+    )
+    placement: Literal["pfeiffer", "houlsby"] = Field(
+        "pfeiffer",
+        description="pfeiffer: after each feed-forward output projection; houlsby: also after "
+        "each attention output projection.",
+    )
+
+
+class HeadConfig(BaseModel):
+    """What a head needs to be rebuilt: the task type, its labels and its shape."""
+
+    model_config = WIRE
+
+    task_type: TaskType
+    labels: list[str] = Field(default_factory=list, description="Class names (classification).")
+    pooling: Literal["mean", "cls"] = Field("mean", description="How the sequence is pooled.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before each head layer (training).")
+
+
+class BaseModelRef(BaseModel):
+    """The base an adapter was trained on."""
+
+    name: str
+    model_type: str
+    hidden_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    fingerprint: str
 
 
 class AdapterSummary(BaseModel):
@@ -15,14 +68,39 @@ class AdapterSummary(BaseModel):
     labels: list[str]
     created_at: str
 
+    @classmethod
+    def of(cls, info: AdapterInfo) -> AdapterSummary:
+        meta = info.meta
+        return cls(name=meta.name, latest_version=meta.version, versions=info.versions,
+                   task_type=meta.task_type, labels=meta.labels, created_at=meta.created_at)
+
 
 class AdapterList(BaseModel):
     adapters: list[AdapterSummary]
 
 
-class AdapterDetail(AdapterMetadata):
+class AdapterDetail(BaseModel):
+    # No class docstring: it would become the schema's description, which the API has not had.
+    format_version: int = FORMAT_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(0, ge=0)
+    task_type: TaskType
+    labels: list[str] = Field(default_factory=list)
+    adapter_config: AdapterConfig = Field(default_factory=AdapterConfig)
+    head_config: HeadConfig
+    base_model: BaseModelRef
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+    created_at: str = Field(default_factory=str)  # always set from the stored metadata
+    weights_sha256: str = ""
     versions: list[int] = Field(description="Every stored version of this name.")
     resident: bool = Field(description="Whether this version is loaded on the device now.")
+
+    @classmethod
+    def of(cls, info: AdapterInfo) -> AdapterDetail:
+        """The stored metadata of one version, with what the service knows about its name."""
+        return cls.model_validate({**info.meta.model_dump(), "versions": info.versions,
+                                   "resident": info.resident})
 
 
 class DeleteResult(BaseModel):

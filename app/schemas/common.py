@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from app.status import ReadinessReport
+
 
 class ErrorDetail(BaseModel):
     code: str
@@ -37,3 +39,13 @@ class Readiness(BaseModel):
     queue_rows: int = 0
     training: TrainingState | None = None
     problems: list[str] = []
+
+    @classmethod
+    def of(cls, report: ReadinessReport) -> Readiness:
+        s = report.status
+        return cls(status="ready" if report.ready else "degraded", base_model=report.base_model,
+                   device=report.device, adapters=s.adapters_stored,
+                   resident_adapters=s.adapters_resident, queue_rows=s.queue_rows,
+                   training=TrainingState(workers=s.workers_alive, running=s.jobs_in("running"),
+                                          queued=s.jobs_in("queued")),
+                   problems=list(report.problems))

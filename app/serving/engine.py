@@ -64,7 +64,7 @@ class InferenceEngine:
         if on_gpu:  # pinned host memory makes the copy asynchronous
             batch = batch.pin_memory()
         batch = batch.to(enc.device, non_blocking=on_gpu)
-        routing = self.registry.bank.routing([entries[r.key].slot for r in rows])
+        routing = self.registry.routing([entries[r.key].slot for r in rows])
         hidden = enc.forward(batch, routing)  # (B, T, H)
         groups: dict[Key, list[int]] = defaultdict(list)
         for i, r in enumerate(rows):

@@ -105,6 +105,14 @@ class JobManager:
     def workers_alive(self) -> int:
         return sum(p.is_alive() for p in list(self._procs.values()))
 
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        return self.db.counts()
+
+    def running(self) -> tuple[Job, ...]:
+        """The jobs a worker process is training now."""
+        return tuple(self.db.list(RUNNING))
+
     def _announce(self, job: Job) -> None:
         if job.status == SUCCEEDED and job.adapter_version is not None:
             self._on_stored(job.name, job.adapter_version)

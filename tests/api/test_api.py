@@ -12,7 +12,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from app import errors
 from app.adapters.store import AdapterStore
+from app.api.errors import http_answer
 from app.config import Settings
 from app.main import create_app
 from app.tasks import HeadConfig
@@ -284,3 +286,33 @@ def test_concurrent_requests_for_many_tasks_equal_one_at_a_time(
         assert batcher.batches_run - before < len(jobs)  # rows of different tasks shared batches
     for a, b in zip(alone, together, strict=True):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+# ------------------------------------------------------------------------- error mapping
+class _LateError(errors.NameInTrainingError):
+    """A subclass the table does not list: it answers as its parent."""
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (errors.ServiceError, 400), (errors.UnauthorizedError, 401), (errors.ForbiddenError, 403),
+    (errors.NotFoundError, 404), (errors.AdapterNotFoundError, 404),
+    (errors.JobNotFoundError, 404), (errors.IncompatibleAdapterError, 409),
+    (errors.NameInTrainingError, 409), (_LateError, 409), (errors.PayloadTooLargeError, 413),
+    (errors.InvalidNameError, 422), (errors.InvalidInputError, 422),
+    (errors.InvalidAdapterError, 422), (errors.JobQueueFullError, 429),
+    (errors.ClientGoneError, 499), (errors.UnsupportedModelError, 500),
+    (errors.OverloadedError, 503), (errors.NotReadyError, 503),
+    (errors.RequestTimeoutError, 504), (errors.StoreWriteError, 507),
+])
+def test_each_domain_error_has_its_status(error: type[errors.ServiceError], status: int) -> None:
+    assert http_answer(error("x")).status == status
+
+
+@pytest.mark.parametrize(("error", "headers"), [
+    (errors.OverloadedError("x", retry_after=2.6), {"Retry-After": "3"}),
+    (errors.OverloadedError("x", retry_after=0.2), {"Retry-After": "1"}),
+    (errors.UnauthorizedError("x"), {"WWW-Authenticate": "Bearer"}),
+    (errors.InvalidInputError("x"), {}),
+])
+def test_headers_derived_from_the_error(error: errors.ServiceError, headers: dict) -> None:
+    assert http_answer(error).headers(error) == headers

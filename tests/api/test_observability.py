@@ -8,9 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app import metrics
 from app.adapters.store import AdapterStore
 from app.config import Settings
 from app.main import create_app
+from app.status import DeviceMemory, JobProgress, ServiceStatus
 from app.tasks import HeadConfig
 from tests.api import test_training_api as training
 from tests.conftest import AdapterFactory
@@ -20,9 +22,12 @@ def _samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]]
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    return _parse(response.text)
+
+
+def _parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples}
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def _value(samples: dict, metric: str, /, **labels: str) -> float:
@@ -156,3 +161,15 @@ def test_unexpected_errors_are_500s_with_the_request_id(
                                                 "in the logs"}
         assert "secret internal detail" in caplog.text  # in the log, with its traceback
         assert client.get("/healthz").status_code == 200
+
+
+def test_device_memory_gauges_come_from_the_status_snapshot() -> None:
+    status = ServiceStatus(queue_rows=3, adapters_stored=2, adapters_resident=1,
+                           adapters_capacity=8, adapter_loads=4, adapter_evictions=1,
+                           jobs={"running": 1}, running=(JobProgress("j1", "senti", 0.25),),
+                           workers_alive=1, device_memory=DeviceMemory(10, 20, 30))
+    samples = _parse(metrics.render(lambda: status).decode())
+    assert _value(samples, "adapter_serve_device_memory_allocated_bytes") == 10
+    assert _value(samples, "adapter_serve_device_memory_total_bytes") == 30
+    assert _value(samples, "adapter_serve_training_progress_ratio", job="j1", name="senti") == 0.25
+    assert _value(samples, "adapter_serve_queue_rows") == 3

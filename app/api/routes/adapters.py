@@ -10,9 +10,17 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from app.api.auth import AdminScope
+from app.api.body import (
+    MULTIPART_FRAMING,
+    BodyLimit,
+    is_multipart,
+    limited_form,
+    read_limited,
+    read_part,
+)
 from app.api.deps import ServicesDep
 from app.api.errors import responses
-from app.errors import InvalidInputError, PayloadTooLargeError
+from app.errors import InvalidInputError
 from app.schemas.adapters import (
     AdapterDetail,
     AdapterList,
@@ -28,12 +36,7 @@ ERRORS = responses(404, 422)
 
 @router.get("", response_model=AdapterList)
 def list_adapters(services: ServicesDep) -> AdapterList:
-    return AdapterList(adapters=[
-        AdapterSummary(name=i.meta.name, latest_version=i.meta.version, versions=i.versions,
-                       task_type=i.meta.task_type, labels=i.meta.labels,
-                       created_at=i.meta.created_at)
-        for i in services.adapters.list()
-    ])
+    return AdapterList(adapters=[AdapterSummary.of(i) for i in services.adapters.overview()])
 
 
 @router.post("/reload", response_model=ReloadResult, dependencies=[AdminScope])
@@ -46,9 +49,7 @@ def reload_adapters(services: ServicesDep) -> ReloadResult:
 @router.get("/{name}", response_model=AdapterDetail, responses=ERRORS)
 def describe_adapter(name: str, services: ServicesDep, version: VersionQuery = None
                      ) -> AdapterDetail:
-    info = services.adapters.describe(name, version)
-    return AdapterDetail(**info.meta.model_dump(), versions=info.versions,
-                         resident=info.resident)
+    return AdapterDetail.of(services.adapters.describe(name, version))
 
 
 @router.get("/{name}/download", response_class=FileResponse, responses=ERRORS)
@@ -69,10 +70,10 @@ def download_adapter(name: str, services: ServicesDep, version: VersionQuery = N
                     "file": {"type": "string", "format": "binary"}}}}}}})
 async def import_adapter(name: str, request: Request, services: ServicesDep) -> AdapterDetail:
     """Import an adapter file (from /download or `adapter-serve train`) as a new version."""
-    data = await _read_upload(request, services.settings.max_adapter_bytes)
-    meta = await asyncio.to_thread(services.adapters.import_bytes, name, data)
-    return AdapterDetail(**meta.model_dump(), versions=services.registry.names().get(name, []),
-                         resident=False)
+    limit = BodyLimit(services.settings.max_adapter_bytes, "MAX_ADAPTER_BYTES",
+                      "the adapter upload")
+    data = await _read_upload(request, limit)
+    return AdapterDetail.of(await asyncio.to_thread(services.adapters.import_bytes, name, data))
 
 
 @router.delete("/{name}", response_model=DeleteResult, responses=ERRORS,
@@ -82,32 +83,17 @@ def delete_adapter(name: str, services: ServicesDep, version: VersionQuery = Non
     return DeleteResult(name=name, deleted_versions=services.adapters.delete(name, version))
 
 
-async def _read_upload(request: Request, limit: int) -> bytes:
-    """The raw body, or the `file` part of a multipart body, refusing more than `limit` bytes."""
-    too_big = PayloadTooLargeError(f"the adapter upload exceeds the limit of {limit} bytes "
-                                   f"(setting MAX_ADAPTER_BYTES)")
-    multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
-    declared = request.headers.get("content-length", "")
-    # Multipart framing adds a little; the part itself is measured below.
-    if declared.isdigit() and int(declared) > limit + (64 * 1024 if multipart else 0):
-        raise too_big
-    if multipart:
-        async with request.form() as form:  # closes the spooled files
+async def _read_upload(request: Request, limit: BodyLimit) -> bytes:
+    """The raw body, or the `file` part of a multipart body."""
+    if not is_multipart(request):
+        data = await read_limited(request, limit)
+    else:
+        async with limited_form(request, limit, framing=MULTIPART_FRAMING) as form:
             part = form.get("file")
             if not isinstance(part, UploadFile):
                 raise InvalidInputError(
                     "multipart upload needs the adapter file in a part named 'file'")
-            data = await part.read(limit + 1)
-    else:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_big
-            chunks.append(chunk)
-        data = b"".join(chunks)
-    if len(data) > limit:
-        raise too_big
+            data = await read_part(part, limit)
     if not data:
         raise InvalidInputError("the upload is empty: send the .safetensors file as the body")
     return data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, status
@@ -14,9 +15,10 @@ from starlette.datastructures import FormData, UploadFile
 
 from app.adapters.store import validate_name
 from app.api.auth import AdminScope
+from app.api.body import BodyLimit, is_multipart, limited_form, read_limited, read_part
 from app.api.deps import ServicesDep
 from app.api.errors import responses
-from app.errors import InvalidInputError, PayloadTooLargeError
+from app.errors import InvalidInputError
 from app.schemas.jobs import JobView, TrainRequestBody
 from app.training.data import parse_file
 from app.training.manager import TrainRequest
@@ -42,15 +44,13 @@ MULTIPART_SCHEMA = {"type": "object", "required": ["name", "task_type", "file"],
 )
 async def train_adapter(request: Request, services: ServicesDep) -> JSONResponse:
     """Fit a new adapter in the background; poll the job at the Location header."""
-    limit = services.settings.max_train_upload_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request of {declared} bytes exceeds the training upload "
-                                   f"limit of {limit} (MAX_TRAIN_UPLOAD_BYTES)")
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        fields = await _multipart_fields(request, limit)
+    limit = BodyLimit(services.settings.max_train_upload_bytes, "MAX_TRAIN_UPLOAD_BYTES",
+                      "the training upload")
+    if is_multipart(request):
+        async with limited_form(request, limit) as form:
+            fields = await _form_fields(form, limit)
     else:
-        fields = await _json_fields(request, limit)
+        fields = _json(await read_limited(request, limit))
     try:
         body = TrainRequestBody.model_validate(fields)
     except ValidationError as exc:
@@ -63,25 +63,14 @@ async def train_adapter(request: Request, services: ServicesDep) -> JSONResponse
                         headers={"Location": f"/jobs/{job.id}"})
 
 
-async def _json_fields(request: Request, limit: int) -> Any:
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise PayloadTooLargeError(f"request exceeds the training upload limit of {limit} "
-                                       f"bytes (MAX_TRAIN_UPLOAD_BYTES); upload a file instead")
+def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"body is not valid JSON: {exc}") from exc
 
 
-async def _multipart_fields(request: Request, limit: int) -> dict[str, Any]:
-    async with request.form(max_part_size=limit) as form:  # closes the spooled files
-        return await _form_fields(form, limit)
-
-
-async def _form_fields(form: FormData, limit: int) -> dict[str, Any]:
+async def _form_fields(form: FormData, limit: BodyLimit) -> dict[str, Any]:
     fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
     for key in ("labels", "config"):
         if key in fields:
@@ -89,9 +78,7 @@ async def _form_fields(form: FormData, limit: int) -> dict[str, Any]:
     for part, target in (("file", "train"), ("validation_file", "validation")):
         upload = form.get(part)
         if isinstance(upload, UploadFile):
-            data = await upload.read(limit + 1)
-            if len(data) > limit:
-                raise PayloadTooLargeError(f"{part} exceeds the limit of {limit} bytes")
+            data = await read_part(upload, replace(limit, what=part))
             fields[target] = parse_file(data, upload.filename, target)
         elif part == "file":
             raise InvalidInputError("multipart training needs the rows in a file part named 'file'")
