@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixed-adapters", type=int, default=8, help="adapters in the mixed batches")
     p.add_argument("--load-samples", type=int, default=20, help="adapter loads to time")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reduction-factor", type=float, default=AdapterConfig().reduction_factor,
+                   help="adapter size: bottleneck = hidden size / this (default: the adapter "
+                   "default, what training uses)")
     return p.parse_args(argv)
 
 
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
-    adapter_config = AdapterConfig()
+    adapter_config = AdapterConfig(reduction_factor=args.reduction_factor)
     encoder = FrozenEncoder.load("")
     features = encoder.tokenizer.encode(load_texts(args.data))
     batches = chunks(features, args.batch_size)

@@ -2,52 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.adapters.service import AdapterInfo
 from app.constants import FORMAT_VERSION, NAME_PATTERN
-from app.model.adapter import MAX_BOTTLENECK
-from app.tasks import TaskType
+from app.model.adapter import AdapterConfig
+from app.tasks import HeadConfig, TaskType
 
 # The wire models declare their own fields so that the disk format (app.adapters.format) can
-# change without changing the API. They are built from the stored metadata, which may carry
-# fields the API does not show: those are dropped (extra="ignore"); the schema still promises
-# no other properties, as the answer holds none.
-WIRE = ConfigDict(extra="ignore", json_schema_extra={"additionalProperties": False})
-
-
-class AdapterConfig(BaseModel):
-    """Shape of a bottleneck adapter: h' = h + act(h W_down + b_down) W_up + b_up."""
-
-    model_config = WIRE
-
-    bottleneck_size: int | None = Field(
-        None, ge=1, le=MAX_BOTTLENECK, description="Bottleneck width; overrides reduction_factor."
-    )
-    reduction_factor: float = Field(
-        8.0, ge=1, description="Bottleneck width = hidden size / reduction_factor."
-    )
-    activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
-        "relu", description="Non-linearity inside the bottleneck (all map 0 to 0)."
-    )
-    placement: Literal["pfeiffer", "houlsby"] = Field(
-        "pfeiffer",
-        description="pfeiffer: after each feed-forward output projection; houlsby: also after "
-        "each attention output projection.",
-    )
-
-
-class HeadConfig(BaseModel):
-    """What a head needs to be rebuilt: the task type, its labels and its shape."""
-
-    model_config = WIRE
-
-    task_type: TaskType
-    labels: list[str] = Field(default_factory=list, description="Class names (classification).")
-    pooling: Literal["mean", "cls"] = Field("mean", description="How the sequence is pooled.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before each head layer (training).")
+# change without changing the API; the adapter's and the head's configs are domain types (what
+# the model and the task need), shown as they are. Built from the stored metadata, which may
+# carry fields the API does not show: those are dropped (extra="ignore").
 
 
 class BaseModelRef(BaseModel):
