@@ -35,10 +35,9 @@ from app.training import jobs as jobs_module
 from app.training import manager as manager_module
 from app.training.jobs import JobDB
 from app.training.worker import run_job
-from tests.api.test_training_api import QUICK, SLOW, _submit, _wait, api, train_settings
+from tests.api.helpers import QUICK, SLOW, submit_job, wait_for_job
 from tests.conftest import AdapterFactory
 
-__all__ = ["api", "train_settings"]  # fixtures, shared with the training tests
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -92,9 +91,9 @@ def test_shutdown_answers_the_request_in_flight_and_requeues_the_job(
         while not server.started:
             assert serving.is_alive()
             time.sleep(0.05)
-        job = _submit(client, config=SLOW)  # type: ignore[arg-type]
-        running = _wait(client, job["job_id"], ("running",),  # type: ignore[arg-type]
-                        predicate=lambda j: j["progress"] is not None)
+        job = submit_job(client, config=SLOW)
+        running = wait_for_job(client, job["job_id"], ("running",),
+                               predicate=lambda j: j["progress"] is not None)
         worker = JobDB(train_settings.jobs_db_path).get(job["job_id"]).worker_pid
         answer: dict[str, httpx.Response] = {}
         asking = threading.Thread(target=lambda: answer.setdefault("r", httpx.post(
@@ -162,10 +161,10 @@ def test_kill_9_of_the_server_mid_training_then_restart(train_settings: Settings
     log = tmp_path / "server.log"
     make_adapter(AdapterStore(train_settings.adapters_dir), "t")
     with _server_process(train_settings, log) as (server, client):
-        lost = _submit(client, config=SLOW)  # type: ignore[arg-type]
-        waiting = _submit(client, name="waiting", config=QUICK)  # type: ignore[arg-type]
-        _wait(client, lost["job_id"], ("running",),  # type: ignore[arg-type]
-              predicate=lambda j: j["progress"] is not None)
+        lost = submit_job(client, config=SLOW)
+        waiting = submit_job(client, name="waiting", config=QUICK)
+        wait_for_job(client, lost["job_id"], ("running",),
+                     predicate=lambda j: j["progress"] is not None)
         worker = JobDB(train_settings.jobs_db_path).get(lost["job_id"]).worker_pid
         assert worker
         server.send_signal(signal.SIGKILL)
@@ -191,9 +190,9 @@ def test_sigterm_to_the_process_group_requeues_the_job(train_settings: Settings,
                                                        tmp_path: Path) -> None:
     """Ctrl+C in a terminal signals the whole process group: the API process still decides."""
     with _server_process(train_settings, tmp_path / "server.log") as (server, client):
-        job = _submit(client, config=SLOW)  # type: ignore[arg-type]
-        _wait(client, job["job_id"], ("running",),  # type: ignore[arg-type]
-              predicate=lambda j: j["progress"] is not None)
+        job = submit_job(client, config=SLOW)
+        wait_for_job(client, job["job_id"], ("running",),
+                     predicate=lambda j: j["progress"] is not None)
         worker = JobDB(train_settings.jobs_db_path).get(job["job_id"]).worker_pid
         assert worker
         os.killpg(server.pid, signal.SIGTERM)
@@ -221,8 +220,8 @@ def _run_job_killed_after_saving(job_id: str, settings_json: dict[str, Any],
 def test_worker_killed_between_storing_and_reporting_succeeds(
         api: TestClient, train_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manager_module, "run_job", _run_job_killed_after_saving)
-    job = _submit(api, config={**QUICK, "epochs": 1})
-    done = _wait(api, job["job_id"], ("succeeded", "failed", "cancelled"))
+    job = submit_job(api, config={**QUICK, "epochs": 1})
+    done = wait_for_job(api, job["job_id"], ("succeeded", "failed", "cancelled"))
     assert done["status"] == "succeeded" and done["error"] is None
     assert done["adapter"] == {"name": "senti", "version": 1}
     assert done["result"]["best_epoch"] == 1 and "accuracy" in done["result"]["metrics"]
@@ -366,8 +365,8 @@ def test_training_that_cannot_save_fails_with_the_reason(
     make_adapter(AdapterStore(train_settings.adapters_dir), "t")
     monkeypatch.setattr(manager_module, "run_job", _run_job_on_a_full_disk)
     with TestClient(create_app(train_settings)) as client:
-        job = _submit(client, config={**QUICK, "epochs": 2})
-        done = _wait(client, job["job_id"], ("succeeded", "failed", "cancelled"))
+        job = submit_job(client, config={**QUICK, "epochs": 2})
+        done = wait_for_job(client, job["job_id"], ("succeeded", "failed", "cancelled"))
         assert done["status"] == "failed"
         assert done["error"] == ("cannot write adapter 'senti' to the adapter store: "
                                  "No space left on device; nothing was stored")
