@@ -70,6 +70,7 @@ def test_evictions(settings: Settings, store: AdapterStore, make_adapter: Adapte
         assert _value(samples, "adapter_serve_adapters_resident") == 1
 
 
+@pytest.mark.slow
 def test_training_jobs_workers_and_progress(train_settings: Settings) -> None:
     with TestClient(create_app(train_settings)) as client:
         job = submit_job(client, config=SLOW)["job_id"]

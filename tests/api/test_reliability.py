@@ -82,6 +82,7 @@ def _temp_dirs(settings: Settings) -> list[Path]:
 
 
 # ------------------------------------------------------------------------ graceful shutdown
+@pytest.mark.slow
 def test_shutdown_answers_the_request_in_flight_and_requeues_the_job(
         train_settings: Settings, make_adapter: AdapterFactory,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,6 +169,7 @@ def _server_process(settings: Settings, log: Path) -> Iterator[tuple[subprocess.
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_server_mid_training_then_restart(train_settings: Settings,
                                                         make_adapter: AdapterFactory,
                                                         tmp_path: Path) -> None:
@@ -199,6 +201,7 @@ def test_kill_9_of_the_server_mid_training_then_restart(train_settings: Settings
     assert not _temp_dirs(train_settings)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_requeues_the_job(train_settings: Settings,
                                                        tmp_path: Path) -> None:
     """Ctrl+C in a terminal signals the whole process group: the API process still decides."""
@@ -230,6 +233,7 @@ def _run_job_killed_after_saving(job_id: str, settings_json: dict[str, Any],
     run_job(job_id, settings_json, parent_pid)
 
 
+@pytest.mark.slow
 def test_worker_killed_between_storing_and_reporting_succeeds(
         api: TestClient, train_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manager_module, "run_job", _run_job_killed_after_saving)
@@ -372,6 +376,7 @@ def _run_job_on_a_full_disk(job_id: str, settings_json: dict[str, Any], parent_p
     run_job(job_id, settings_json, parent_pid)
 
 
+@pytest.mark.slow
 def test_training_that_cannot_save_fails_with_the_reason(
         train_settings: Settings, make_adapter: AdapterFactory,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from tests.api.helpers import QUICK, SLOW, submit_job, wait_for_job
 from tests.unit.test_training_loop import sentiment_rows
 
 
+@pytest.mark.slow
 def test_lifecycle_train_then_serve_without_restart(api: TestClient) -> None:
     job = submit_job(api)
     assert job["status"] == "queued" and job["labels"] == ["neg", "pos"]
@@ -45,6 +46,7 @@ def test_lifecycle_train_then_serve_without_restart(api: TestClient) -> None:
     assert json.loads(events.split("data: ")[1].split("\n")[0])["status"] == "succeeded"
 
 
+@pytest.mark.slow
 def test_multipart_jsonl_and_csv_uploads(api: TestClient) -> None:
     rows = sentiment_rows(40)
     jsonl = "\n".join(json.dumps(r) for r in rows).encode()
@@ -64,6 +66,7 @@ def test_multipart_jsonl_and_csv_uploads(api: TestClient) -> None:
     assert done["adapter"] == {"name": "up", "version": 2}
 
 
+@pytest.mark.slow
 def test_cancel_running_job_stores_nothing(train_settings: Settings) -> None:
     # No kill after a grace period: the worker must stop by itself, long before the end of its
     # 100 epochs of 500 rows.
@@ -81,6 +84,7 @@ def test_cancel_running_job_stores_nothing(train_settings: Settings) -> None:
         assert submit_job(api, config={**QUICK, "epochs": 1})["status"] == "queued"
 
 
+@pytest.mark.slow
 def test_cancel_queued_job(api: TestClient) -> None:
     first = submit_job(api, name="first", config=SLOW)
     second = submit_job(api, name="second")
@@ -90,6 +94,7 @@ def test_cancel_queued_job(api: TestClient) -> None:
     assert api.get(f"/jobs/{second['job_id']}").json()["started_at"] is None
 
 
+@pytest.mark.slow
 def test_killed_worker_fails_the_job_with_a_reason(api: TestClient, train_settings: Settings
                                                    ) -> None:
     job = submit_job(api, config=SLOW)
@@ -106,6 +111,7 @@ def test_killed_worker_fails_the_job_with_a_reason(api: TestClient, train_settin
     assert api.get("/healthz").status_code == 200
 
 
+@pytest.mark.slow
 def test_restart_recovery(train_settings: Settings) -> None:
     db = JobDB(train_settings.jobs_db_path)
     payload = {"train": sentiment_rows(32), "validation": None}
@@ -121,6 +127,7 @@ def test_restart_recovery(train_settings: Settings) -> None:
         assert client.post("/predict/waiting", json={"inputs": "good"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_graceful_shutdown_requeues_the_running_job(train_settings: Settings) -> None:
     with TestClient(create_app(train_settings)) as client:
         job = submit_job(client, config=SLOW)
@@ -172,6 +179,7 @@ def test_bad_uploads_are_refused(api: TestClient, files: dict, data: dict, messa
     assert api.get("/jobs").json()["jobs"] == []
 
 
+@pytest.mark.slow
 def test_name_already_being_trained_is_a_409(api: TestClient) -> None:
     job = submit_job(api, config=SLOW)
     r = api.post("/adapters", json={"name": "senti", "task_type": "classification",
@@ -187,6 +195,7 @@ def test_unknown_job_is_a_404(api: TestClient) -> None:
         assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
 
 
+@pytest.mark.slow
 def test_token_classification_trained_and_served(api: TestClient) -> None:
     from tests.unit.test_ner import ner_rows
 
@@ -220,6 +229,7 @@ def test_token_classification_trained_and_served(api: TestClient) -> None:
         assert err.status_code == 422 and message in err.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_question_answering_trained_and_served(api: TestClient) -> None:
     from tests.unit.test_qa import qa_rows
 
