@@ -89,6 +89,11 @@ class Batcher(Generic[T]):
         return self._queued_rows
 
     @property
+    def closing(self) -> bool:
+        """stop() has begun: new rows are refused while those already accepted are answered."""
+        return self._closing
+
+    @property
     def running(self) -> bool:
         """The batching task is alive (it stops only at shutdown, or on a bug)."""
         return self._worker is not None and not self._worker.done()

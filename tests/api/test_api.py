@@ -21,15 +21,6 @@ from app.tasks import HeadConfig
 from tests.conftest import AdapterFactory
 
 
-@pytest.fixture
-def served(store: AdapterStore, make_adapter: AdapterFactory, client: TestClient) -> TestClient:
-    make_adapter(store, "sentiment", seed=1)
-    make_adapter(store, "sentiment", seed=2)
-    make_adapter(store, "similarity", seed=3, head=HeadConfig(task_type="regression"))
-    assert client.post("/adapters/reload").json()["versions"] == 3
-    return client
-
-
 def _error(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
     assert response.status_code == status, response.text
     body = response.json()["error"]

@@ -64,6 +64,7 @@ schema.app = contract_app
 schema.hook("flatmap_path_parameters")(_known_names)
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @hypothesis.settings(max_examples=50, derandomize=True, database=None, deadline=None,
                      suppress_health_check=list(hypothesis.HealthCheck))

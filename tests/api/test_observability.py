@@ -13,8 +13,7 @@ from app.adapters.store import AdapterStore
 from app.config import Settings
 from app.main import create_app
 from app.status import DeviceMemory, JobProgress, ServiceStatus
-from app.tasks import HeadConfig
-from tests.api import test_training_api as training
+from tests.api.helpers import SLOW, submit_job, wait_for_job
 from tests.conftest import AdapterFactory
 
 
@@ -32,17 +31,6 @@ def _parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def _value(samples: dict, metric: str, /, **labels: str) -> float:
     return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
-
-
-train_settings = training.train_settings  # the fixture: settings that let jobs run
-
-
-@pytest.fixture
-def served(store: AdapterStore, make_adapter: AdapterFactory, client: TestClient) -> TestClient:
-    make_adapter(store, "sentiment", seed=1)
-    make_adapter(store, "similarity", seed=3, head=HeadConfig(task_type="regression"))
-    client.post("/adapters/reload")
-    return client
 
 
 def test_metrics_count_requests_predictions_batches_and_adapters(served: TestClient) -> None:
@@ -87,10 +75,11 @@ def test_evictions(settings: Settings, store: AdapterStore, make_adapter: Adapte
         assert _value(samples, "adapter_serve_adapters_resident") == 1
 
 
+@pytest.mark.slow
 def test_training_jobs_workers_and_progress(train_settings: Settings) -> None:
     with TestClient(create_app(train_settings)) as client:
-        job = training._submit(client, config=training.SLOW)["job_id"]
-        training._wait(client, job, ("running",), predicate=lambda j: j["progress"] is not None)
+        job = submit_job(client, config=SLOW)["job_id"]
+        wait_for_job(client, job, ("running",), predicate=lambda j: j["progress"] is not None)
         samples = _samples(client)
         assert _value(samples, "adapter_serve_training_jobs", status="running") == 1
         assert _value(samples, "adapter_serve_training_workers") == 1
@@ -99,7 +88,7 @@ def test_training_jobs_workers_and_progress(train_settings: Settings) -> None:
         assert client.get("/readyz").json()["training"] == {"workers": 1, "running": 1,
                                                             "queued": 0}
         client.delete(f"/jobs/{job}")
-        training._wait(client, job, ("cancelled",), timeout=30)
+        wait_for_job(client, job, ("cancelled",), timeout=30)
         samples = _samples(client)
         assert _value(samples, "adapter_serve_training_jobs", status="cancelled") == 1
         assert _value(samples, "adapter_serve_training_jobs", status="running") == 0

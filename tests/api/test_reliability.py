@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,9 @@ from app.training import jobs as jobs_module
 from app.training import manager as manager_module
 from app.training.jobs import JobDB
 from app.training.worker import run_job
-from tests.api.test_training_api import QUICK, SLOW, _submit, _wait, api, train_settings
+from tests.api.helpers import QUICK, SLOW, submit_job, wait_for_job
 from tests.conftest import AdapterFactory
 
-__all__ = ["api", "train_settings"]  # fixtures, shared with the training tests
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,11 +55,26 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _wait_gone(pid: int, timeout: float = 15) -> None:
+def _until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll until `condition()` holds; the timeout is only a safety net."""
     deadline = time.monotonic() + timeout
-    while not _gone(pid):
-        assert time.monotonic() < deadline, f"process {pid} is still alive"
+    while not condition():
+        assert time.monotonic() < deadline, f"never reached: {what}"
         time.sleep(0.05)
+
+
+def _wait_gone(pid: int) -> None:
+    _until(lambda: _gone(pid), f"process {pid} has exited")
+
+
+def _refuses_connections(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=5)
+    except httpx.ConnectError:
+        return True
+    except httpx.TransportError:  # accepted, then dropped as the listening socket closed
+        pass
+    return False
 
 
 def _temp_dirs(settings: Settings) -> list[Path]:
@@ -68,6 +82,7 @@ def _temp_dirs(settings: Settings) -> list[Path]:
 
 
 # ------------------------------------------------------------------------ graceful shutdown
+@pytest.mark.slow
 def test_shutdown_answers_the_request_in_flight_and_requeues_the_job(
         train_settings: Settings, make_adapter: AdapterFactory,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,9 +107,9 @@ def test_shutdown_answers_the_request_in_flight_and_requeues_the_job(
         while not server.started:
             assert serving.is_alive()
             time.sleep(0.05)
-        job = _submit(client, config=SLOW)  # type: ignore[arg-type]
-        running = _wait(client, job["job_id"], ("running",),  # type: ignore[arg-type]
-                        predicate=lambda j: j["progress"] is not None)
+        job = submit_job(client, config=SLOW)
+        running = wait_for_job(client, job["job_id"], ("running",),
+                               predicate=lambda j: j["progress"] is not None)
         worker = JobDB(train_settings.jobs_db_path).get(job["job_id"]).worker_pid
         answer: dict[str, httpx.Response] = {}
         asking = threading.Thread(target=lambda: answer.setdefault("r", httpx.post(
@@ -103,10 +118,8 @@ def test_shutdown_answers_the_request_in_flight_and_requeues_the_job(
         assert in_model.wait(30)
 
         server.should_exit = True
-        time.sleep(0.5)
-        with pytest.raises(httpx.ConnectError):  # no new connections ...
-            httpx.get(f"{url}/healthz", timeout=5)
-        assert serving.is_alive() and asking.is_alive()  # ... but the one in flight is awaited
+        _until(lambda: _refuses_connections(url), "new connections are refused")
+        assert serving.is_alive() and asking.is_alive()  # but the one in flight is awaited
         release.set()
         asking.join(30)
         serving.join(60)
@@ -156,16 +169,17 @@ def _server_process(settings: Settings, log: Path) -> Iterator[tuple[subprocess.
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_server_mid_training_then_restart(train_settings: Settings,
                                                         make_adapter: AdapterFactory,
                                                         tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     make_adapter(AdapterStore(train_settings.adapters_dir), "t")
     with _server_process(train_settings, log) as (server, client):
-        lost = _submit(client, config=SLOW)  # type: ignore[arg-type]
-        waiting = _submit(client, name="waiting", config=QUICK)  # type: ignore[arg-type]
-        _wait(client, lost["job_id"], ("running",),  # type: ignore[arg-type]
-              predicate=lambda j: j["progress"] is not None)
+        lost = submit_job(client, config=SLOW)
+        waiting = submit_job(client, name="waiting", config=QUICK)
+        wait_for_job(client, lost["job_id"], ("running",),
+                     predicate=lambda j: j["progress"] is not None)
         worker = JobDB(train_settings.jobs_db_path).get(lost["job_id"]).worker_pid
         assert worker
         server.send_signal(signal.SIGKILL)
@@ -187,13 +201,14 @@ def test_kill_9_of_the_server_mid_training_then_restart(train_settings: Settings
     assert not _temp_dirs(train_settings)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_requeues_the_job(train_settings: Settings,
                                                        tmp_path: Path) -> None:
     """Ctrl+C in a terminal signals the whole process group: the API process still decides."""
     with _server_process(train_settings, tmp_path / "server.log") as (server, client):
-        job = _submit(client, config=SLOW)  # type: ignore[arg-type]
-        _wait(client, job["job_id"], ("running",),  # type: ignore[arg-type]
-              predicate=lambda j: j["progress"] is not None)
+        job = submit_job(client, config=SLOW)
+        wait_for_job(client, job["job_id"], ("running",),
+                     predicate=lambda j: j["progress"] is not None)
         worker = JobDB(train_settings.jobs_db_path).get(job["job_id"]).worker_pid
         assert worker
         os.killpg(server.pid, signal.SIGTERM)
@@ -218,11 +233,12 @@ def _run_job_killed_after_saving(job_id: str, settings_json: dict[str, Any],
     run_job(job_id, settings_json, parent_pid)
 
 
+@pytest.mark.slow
 def test_worker_killed_between_storing_and_reporting_succeeds(
         api: TestClient, train_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manager_module, "run_job", _run_job_killed_after_saving)
-    job = _submit(api, config={**QUICK, "epochs": 1})
-    done = _wait(api, job["job_id"], ("succeeded", "failed", "cancelled"))
+    job = submit_job(api, config={**QUICK, "epochs": 1})
+    done = wait_for_job(api, job["job_id"], ("succeeded", "failed", "cancelled"))
     assert done["status"] == "succeeded" and done["error"] is None
     assert done["adapter"] == {"name": "senti", "version": 1}
     assert done["result"]["best_epoch"] == 1 and "accuracy" in done["result"]["metrics"]
@@ -360,14 +376,15 @@ def _run_job_on_a_full_disk(job_id: str, settings_json: dict[str, Any], parent_p
     run_job(job_id, settings_json, parent_pid)
 
 
+@pytest.mark.slow
 def test_training_that_cannot_save_fails_with_the_reason(
         train_settings: Settings, make_adapter: AdapterFactory,
         monkeypatch: pytest.MonkeyPatch) -> None:
     make_adapter(AdapterStore(train_settings.adapters_dir), "t")
     monkeypatch.setattr(manager_module, "run_job", _run_job_on_a_full_disk)
     with TestClient(create_app(train_settings)) as client:
-        job = _submit(client, config={**QUICK, "epochs": 2})
-        done = _wait(client, job["job_id"], ("succeeded", "failed", "cancelled"))
+        job = submit_job(client, config={**QUICK, "epochs": 2})
+        done = wait_for_job(client, job["job_id"], ("succeeded", "failed", "cancelled"))
         assert done["status"] == "failed"
         assert done["error"] == ("cannot write adapter 'senti' to the adapter store: "
                                  "No space left on device; nothing was stored")

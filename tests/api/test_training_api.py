@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,54 +13,18 @@ from app.adapters.store import AdapterStore
 from app.config import Settings
 from app.main import create_app
 from app.training.jobs import JobDB
+from tests.api.helpers import QUICK, SLOW, submit_job, wait_for_job
 from tests.unit.test_training_loop import sentiment_rows
 
-QUICK = {"epochs": 3, "learning_rate": 0.03, "batch_size": 8, "bottleneck_size": 16,
-         "base_dropout": False}
-SLOW = {**QUICK, "epochs": 100, "patience": 100}
 
-
-@pytest.fixture
-def train_settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
-    return Settings(base_model=str(tiny_model_dir), adapters_dir=tmp_path / "store",
-                    store_poll_seconds=0, num_threads=1, train_threads=1, train_nice=0,
-                    cancel_grace_seconds=5, max_train_rows=500, max_train_upload_bytes=200_000)
-
-
-@pytest.fixture
-def api(train_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(train_settings)) as client:
-        yield client
-
-
-def _submit(client: TestClient, name: str = "senti", config: dict | None = None,
-            rows: int = 64, **extra: Any) -> dict:
-    body = {"name": name, "task_type": "classification", "train": sentiment_rows(rows),
-            "config": config or QUICK, **extra}
-    r = client.post("/adapters", json=body)
-    assert r.status_code == 202, r.text
-    assert r.headers["Location"] == f"/jobs/{r.json()['job_id']}"
-    return r.json()
-
-
-def _wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: float = 120,
-          predicate=lambda job: True) -> dict:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in until and predicate(job):
-            return job
-        assert time.monotonic() < deadline, f"job stuck: {job}"
-        time.sleep(0.1)
-
-
+@pytest.mark.slow
 def test_lifecycle_train_then_serve_without_restart(api: TestClient) -> None:
-    job = _submit(api)
+    job = submit_job(api)
     assert job["status"] == "queued" and job["labels"] == ["neg", "pos"]
     seen = {job["status"]}
-    running = _wait(api, job["job_id"], ("running", "succeeded"))
+    running = wait_for_job(api, job["job_id"], ("running", "succeeded"))
     seen.add(running["status"])
-    done = _wait(api, job["job_id"], ("succeeded", "failed"))
+    done = wait_for_job(api, job["job_id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded", done["error"]
     assert seen == {"queued", "running"} or "succeeded" in seen
     assert done["adapter"] == {"name": "senti", "version": 1}
@@ -86,6 +46,7 @@ def test_lifecycle_train_then_serve_without_restart(api: TestClient) -> None:
     assert json.loads(events.split("data: ")[1].split("\n")[0])["status"] == "succeeded"
 
 
+@pytest.mark.slow
 def test_multipart_jsonl_and_csv_uploads(api: TestClient) -> None:
     rows = sentiment_rows(40)
     jsonl = "\n".join(json.dumps(r) for r in rows).encode()
@@ -95,47 +56,53 @@ def test_multipart_jsonl_and_csv_uploads(api: TestClient) -> None:
                                         "labels": "neg,pos"},
                      files={"file": ("rows.jsonl", jsonl)})
     assert first.status_code == 202, first.text
-    assert _wait(api, first.json()["job_id"], ("succeeded", "failed"))["status"] == "succeeded"
+    assert wait_for_job(api, first.json()["job_id"], ("succeeded", "failed"))["status"] == "succeeded"
     second = api.post("/adapters", data={"name": "up", "task_type": "classification",
                                          "config": json.dumps({**QUICK, "epochs": 1})},
                       files={"file": ("rows.csv", csv), "validation_file": ("v.csv", csv)})
     assert second.status_code == 202, second.text
     assert second.json()["validation_rows"] == 40
-    done = _wait(api, second.json()["job_id"], ("succeeded", "failed"))
+    done = wait_for_job(api, second.json()["job_id"], ("succeeded", "failed"))
     assert done["adapter"] == {"name": "up", "version": 2}
 
 
-def test_cancel_running_job_stores_nothing(api: TestClient, train_settings: Settings) -> None:
-    job = _submit(api, config=SLOW)
-    _wait(api, job["job_id"], ("running",), predicate=lambda j: j["progress"] is not None)
-    r = api.delete(f"/jobs/{job['job_id']}")
-    assert r.status_code == 200 and r.json()["cancel_requested"] is True
-    t0 = time.monotonic()
-    done = _wait(api, job["job_id"], ("cancelled", "failed", "succeeded"), timeout=30)
-    assert done["status"] == "cancelled" and time.monotonic() - t0 < 10
-    assert "nothing was stored" in done["error"]
-    assert AdapterStore(train_settings.adapters_dir).versions("senti") == []
-    # the name is free again
-    assert _submit(api, config={**QUICK, "epochs": 1})["status"] == "queued"
+@pytest.mark.slow
+def test_cancel_running_job_stores_nothing(train_settings: Settings) -> None:
+    # No kill after a grace period: the worker must stop by itself, long before the end of its
+    # 100 epochs of 500 rows.
+    patient = train_settings.model_copy(update={"cancel_grace_seconds": 600})
+    with TestClient(create_app(patient)) as api:
+        job = submit_job(api, config=SLOW, rows=500)
+        wait_for_job(api, job["job_id"], ("running",), predicate=lambda j: j["progress"] is not None)
+        r = api.delete(f"/jobs/{job['job_id']}")
+        assert r.status_code == 200 and r.json()["cancel_requested"] is True
+        done = wait_for_job(api, job["job_id"], ("cancelled", "failed", "succeeded"), timeout=30)
+        assert done["status"] == "cancelled" and done["progress"]["fraction"] < 1
+        assert "nothing was stored" in done["error"]
+        assert AdapterStore(train_settings.adapters_dir).versions("senti") == []
+        # the name is free again
+        assert submit_job(api, config={**QUICK, "epochs": 1})["status"] == "queued"
 
 
+@pytest.mark.slow
 def test_cancel_queued_job(api: TestClient) -> None:
-    first = _submit(api, name="first", config=SLOW)
-    second = _submit(api, name="second")
+    first = submit_job(api, name="first", config=SLOW)
+    second = submit_job(api, name="second")
     assert api.delete(f"/jobs/{second['job_id']}").json()["status"] == "cancelled"
     api.delete(f"/jobs/{first['job_id']}")
-    _wait(api, first["job_id"], ("cancelled",), timeout=30)
+    wait_for_job(api, first["job_id"], ("cancelled",), timeout=30)
     assert api.get(f"/jobs/{second['job_id']}").json()["started_at"] is None
 
 
+@pytest.mark.slow
 def test_killed_worker_fails_the_job_with_a_reason(api: TestClient, train_settings: Settings
                                                    ) -> None:
-    job = _submit(api, config=SLOW)
-    _wait(api, job["job_id"], ("running",), predicate=lambda j: j["progress"] is not None)
+    job = submit_job(api, config=SLOW)
+    wait_for_job(api, job["job_id"], ("running",), predicate=lambda j: j["progress"] is not None)
     pid = JobDB(train_settings.jobs_db_path).get(job["job_id"]).worker_pid
     assert pid and pid != os.getpid()
     os.kill(pid, signal.SIGKILL)
-    done = _wait(api, job["job_id"], ("failed", "succeeded", "cancelled"), timeout=30)
+    done = wait_for_job(api, job["job_id"], ("failed", "succeeded", "cancelled"), timeout=30)
     assert done["status"] == "failed"
     assert "killed by SIGKILL" in done["error"] and "nothing was stored" in done["error"]
     store = AdapterStore(train_settings.adapters_dir)
@@ -144,6 +111,7 @@ def test_killed_worker_fails_the_job_with_a_reason(api: TestClient, train_settin
     assert api.get("/healthz").status_code == 200
 
 
+@pytest.mark.slow
 def test_restart_recovery(train_settings: Settings) -> None:
     db = JobDB(train_settings.jobs_db_path)
     payload = {"train": sentiment_rows(32), "validation": None}
@@ -154,15 +122,16 @@ def test_restart_recovery(train_settings: Settings) -> None:
     with TestClient(create_app(train_settings)) as client:
         lost = client.get(f"/jobs/{crashed.id}").json()
         assert lost["status"] == "failed" and "service stopped while this job was running" in lost["error"]
-        done = _wait(client, waiting.id, ("succeeded", "failed"))
+        done = wait_for_job(client, waiting.id, ("succeeded", "failed"))
         assert done["status"] == "succeeded", done["error"]
         assert client.post("/predict/waiting", json={"inputs": "good"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_graceful_shutdown_requeues_the_running_job(train_settings: Settings) -> None:
     with TestClient(create_app(train_settings)) as client:
-        job = _submit(client, config=SLOW)
-        _wait(client, job["job_id"], ("running",))
+        job = submit_job(client, config=SLOW)
+        wait_for_job(client, job["job_id"], ("running",))
     assert JobDB(train_settings.jobs_db_path).get(job["job_id"]).status == "queued"
 
 
@@ -210,14 +179,15 @@ def test_bad_uploads_are_refused(api: TestClient, files: dict, data: dict, messa
     assert api.get("/jobs").json()["jobs"] == []
 
 
+@pytest.mark.slow
 def test_name_already_being_trained_is_a_409(api: TestClient) -> None:
-    job = _submit(api, config=SLOW)
+    job = submit_job(api, config=SLOW)
     r = api.post("/adapters", json={"name": "senti", "task_type": "classification",
                                     "train": sentiment_rows(16)})
     assert r.status_code == 409 and r.json()["error"]["code"] == "name_in_training"
     assert job["job_id"] in r.json()["error"]["message"]
     api.delete(f"/jobs/{job['job_id']}")
-    _wait(api, job["job_id"], ("cancelled",), timeout=30)
+    wait_for_job(api, job["job_id"], ("cancelled",), timeout=30)
 
 
 def test_unknown_job_is_a_404(api: TestClient) -> None:
@@ -225,6 +195,7 @@ def test_unknown_job_is_a_404(api: TestClient) -> None:
         assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
 
 
+@pytest.mark.slow
 def test_token_classification_trained_and_served(api: TestClient) -> None:
     from tests.unit.test_ner import ner_rows
 
@@ -232,7 +203,7 @@ def test_token_classification_trained_and_served(api: TestClient) -> None:
                                     "train": ner_rows(160), "config": {**QUICK, "epochs": 4}})
     assert r.status_code == 202, r.text
     assert r.json()["labels"] == ["O", "B-LOC", "B-ORG", "I-ORG", "B-PER"]
-    done = _wait(api, r.json()["job_id"], ("succeeded", "failed"))
+    done = wait_for_job(api, r.json()["job_id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded", done["error"]
     assert done["result"]["metrics"]["f1"] >= 0.8
 
@@ -247,8 +218,8 @@ def test_token_classification_trained_and_served(api: TestClient) -> None:
     assert [(e["text"], e["start"], e["end"]) for e in second["entities"]] == [
         ("mary", 0, 4), ("paris", 8, 13)]
 
-    senti = _submit(api, name="senti", config={**QUICK, "epochs": 1})
-    _wait(api, senti["job_id"], ("succeeded",))
+    senti = submit_job(api, name="senti", config={**QUICK, "epochs": 1})
+    wait_for_job(api, senti["job_id"], ("succeeded",))
     mixed = api.post("/predict/ner", json={"inputs": "john in paris"})  # alongside senti rows
     assert [e["label"] for e in mixed.json()["predictions"][0]["entities"]] == ["PER", "LOC"]
     for name, item, message in [
@@ -258,6 +229,7 @@ def test_token_classification_trained_and_served(api: TestClient) -> None:
         assert err.status_code == 422 and message in err.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_question_answering_trained_and_served(api: TestClient) -> None:
     from tests.unit.test_qa import qa_rows
 
@@ -265,7 +237,7 @@ def test_question_answering_trained_and_served(api: TestClient) -> None:
     r = api.post("/adapters", json={"name": "qa", "task_type": "question_answering",
                                     "train": qa_rows(160), "config": config})
     assert r.status_code == 202, r.text
-    done = _wait(api, r.json()["job_id"], ("succeeded", "failed"))
+    done = wait_for_job(api, r.json()["job_id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded", done["error"]
     assert done["result"]["metrics"]["exact_match"] >= 0.8
 

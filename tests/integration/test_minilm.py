@@ -15,7 +15,7 @@ from app.model.adapter import AdapterConfig, AdapterSet
 from app.model.encoder import EMBEDDED_MODEL_NAME, FrozenEncoder
 from app.tasks import HeadConfig, build_head
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

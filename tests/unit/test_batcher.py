@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
-import time
 
 import pytest
 
 from app.errors import OverloadedError
 from app.serving.batcher import Batcher, BatchLimits, plan_batches
+from tests.unit.gate import ModelGate, until
 
 
-def _echo_batcher(limits: BatchLimits, delay: float = 0.0, calls: list | None = None
+def _echo_batcher(limits: BatchLimits, calls: list | None = None, gate: ModelGate | None = None
                   ) -> Batcher[tuple[str, int]]:
     """Rows are (request id, number); the model answers (request id, number * 10)."""
 
     def process(rows: list[tuple[str, int]]) -> list[object]:
         if calls is not None:
             calls.append(list(rows))
-        time.sleep(delay)
+        if gate is not None:
+            gate.hold()
         return [ValueError(f"bad row {r}") if n < 0 else (r, n * 10) for r, n in rows]
 
     return Batcher(process, lambda row: abs(row[1]) % 50 + 1, limits)
@@ -75,9 +75,14 @@ def test_a_large_request_is_split_across_batches() -> None:
 def test_batching_off_runs_each_request_alone() -> None:
     async def main() -> None:
         calls: list = []
-        b = _echo_batcher(BatchLimits(enabled=False), delay=0.01, calls=calls)
+        gate = ModelGate()
+        b = _echo_batcher(BatchLimits(enabled=False), calls=calls, gate=gate)
         await b.start()
-        await asyncio.gather(*(b.submit([(f"r{i}", i), (f"r{i}", i + 1)]) for i in range(5)))
+        answers = asyncio.gather(*(b.submit([(f"r{i}", i), (f"r{i}", i + 1)]) for i in range(5)))
+        await gate.entered()  # one request is in the model while the other four wait together
+        await until(lambda: b.queued_rows == 8, "the other four requests are queued")
+        gate.open()
+        await answers
         assert all(len({r for r, _ in c}) == 1 for c in calls) and len(calls) == 5
         await b.stop()
 
@@ -119,25 +124,27 @@ def test_a_crashing_model_fails_the_batch_not_the_batcher() -> None:
 def test_cancelled_and_timed_out_requests_are_dropped_from_the_queue() -> None:
     async def main() -> None:
         calls: list = []
-        gate = threading.Event()
+        gate = ModelGate()
 
         def process(rows: list[str]) -> list[str]:
-            gate.wait(5)
+            gate.hold()
             calls.append(list(rows))
             return rows
 
         b: Batcher[str] = Batcher(process, lambda r: 1, BatchLimits(max_batch_size=1, wait_s=0))
         await b.start()
         first = asyncio.create_task(b.submit(["first"]))
-        await asyncio.sleep(0.05)  # "first" is in the model now
+        await gate.entered()  # "first" is in the model now
         doomed = asyncio.create_task(b.submit(["doomed"]))
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # sure to time out: the model holds "first"
             await asyncio.wait_for(b.submit(["late"]), 0.05)
-        await asyncio.sleep(0.01)
+        assert b.queued_rows == 2  # "doomed" and "late" wait, "late" already abandoned
         doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
         kept = asyncio.create_task(b.submit(["kept"]))
-        await asyncio.sleep(0.01)
-        gate.set()
+        await until(lambda: b.queued_rows == 3, '"kept" is queued behind them')
+        gate.open()
         assert await first == ["first"] and await kept == ["kept"]
         assert ["doomed"] not in calls and ["late"] not in calls
         await b.stop()
@@ -147,18 +154,18 @@ def test_cancelled_and_timed_out_requests_are_dropped_from_the_queue() -> None:
 
 def test_full_queue_is_refused_with_retry_after() -> None:
     async def main() -> None:
-        gate = threading.Event()
-        b: Batcher[int] = Batcher(lambda rows: (gate.wait(5), rows)[1], lambda r: 1,
+        gate = ModelGate()
+        b: Batcher[int] = Batcher(lambda rows: (gate.hold(), rows)[1], lambda r: 1,
                                   BatchLimits(max_batch_size=2, wait_s=0, max_queue_rows=4))
         await b.start()
         running = asyncio.create_task(b.submit([0, 0]))
-        await asyncio.sleep(0.05)
+        await gate.entered()
         queued = asyncio.create_task(b.submit([1, 2, 3]))
-        await asyncio.sleep(0.01)
+        await until(lambda: b.queued_rows == 3, "the second request is queued")
         with pytest.raises(OverloadedError, match="queue is full") as err:
             await b.submit([4, 5])
         assert err.value.retry_after >= 1
-        gate.set()
+        gate.open()
         assert await running == [0, 0] and await queued == [1, 2, 3]
         assert await b.submit([4, 5]) == [4, 5]  # room again
         await b.stop()

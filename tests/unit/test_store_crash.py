@@ -102,6 +102,7 @@ def _assert_every_visible_version_loads(store: AdapterStore, encoder: FrozenEnco
     ("before-rename", [1]),  # both files complete and fsync'd, not yet renamed into place
     ("after-rename", [1, 2]),  # renamed: the version is complete the moment it is visible
 ])
+@pytest.mark.slow
 def test_writer_killed_during_a_save(settings: Settings, store: AdapterStore,
                                      encoder: FrozenEncoder, make_adapter: AdapterFactory,
                                      tmp_path: Path, pause: str, visible: list[int]) -> None:
@@ -123,6 +124,7 @@ def test_writer_killed_during_a_save(settings: Settings, store: AdapterStore,
     assert make_adapter(store, "t", seed=2).version == visible[-1] + 1
 
 
+@pytest.mark.slow
 def test_writer_killed_at_random_moments(store: AdapterStore, encoder: FrozenEncoder,
                                          make_adapter: AdapterFactory, tmp_path: Path) -> None:
     make_adapter(store, "t", seed=1)
