@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from app.adapters.format import AdapterMetadata
-from app.adapters.store import AdapterStore
+from app.adapters.store import AdapterStore, validate_name
 from app.config import Settings
 from app.errors import ServiceError
 from app.training.config import TrainConfig
@@ -69,7 +69,9 @@ class JobManager:
 
     # ------------------------------------------------------------------------------- API
     def submit(self, req: TrainRequest) -> Job:
-        """Check the data as the worker will (so bad input is a 4xx now), then queue it."""
+        """Check the name, and the data as the worker will (so bad input is a 4xx now), then
+        queue it."""
+        validate_name(req.name)
         s = self.settings
         data = prepare(req.task_type, req.train, req.validation, req.labels,
                        req.config.validation_fraction, req.config.seed, s.max_train_rows,

@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from app.adapters.store import validate_name
 from app.api.auth import AdminScope
 from app.api.body import BodyLimit, is_multipart, limited_form, read_limited, read_part
 from app.api.deps import ServicesDep
@@ -55,7 +54,6 @@ async def train_adapter(request: Request, services: ServicesDep) -> JSONResponse
         body = TrainRequestBody.model_validate(fields)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc
-    validate_name(body.name)
     job = await asyncio.to_thread(services.jobs.submit, TrainRequest(
         name=body.name, task_type=body.task_type, train=body.train, validation=body.validation,
         labels=body.labels, config=body.config, description=body.description))
