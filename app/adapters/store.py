@@ -8,10 +8,11 @@ import fcntl
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from app.adapters import format as fmt
 from app.adapters.format import AdapterMetadata
+from app.adapters.index import Changes, Generation, IndexRow, Key, NameSummary, Stamp, StoreIndex
 from app.constants import METADATA_FILE, NAME_RE, VERSION_DIR_PREFIX, WEIGHTS_FILE
 from app.errors import (
     AdapterNotFoundError,
@@ -136,12 +138,14 @@ class AdapterStore:
 
     A version becomes visible by renaming a complete temporary directory into place, so a crash
     at any moment leaves either the whole version or none of it. Versions never change after
-    they are written; deleting renames them away first.
+    they are written; deleting renames them away first. Each writer then records the change in
+    the index (app.adapters.index), which answers listings and pollers without touching the files.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        self.index = StoreIndex(self.root, self)
 
     # ------------------------------------------------------------------------------ reading
     def check_readable(self) -> None:
@@ -178,8 +182,8 @@ class AdapterStore:
         st = self.weights_path(name, version).stat()
         return st.st_mtime_ns, st.st_size
 
-    def snapshot(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """Every visible version with its stamp: what the registry compares to notice changes."""
+    def snapshot(self) -> dict[Key, Stamp]:
+        """Every visible version with its stamp, from the files (a full scan: see `rescan`)."""
         result = {}
         for name in self.names():
             for version in self.versions(name):
@@ -188,6 +192,42 @@ class AdapterStore:
                 except FileNotFoundError:
                     continue  # deleted while we looked
         return result
+
+    def stamp_of(self, key: Key) -> Stamp | None:
+        try:
+            return self.stamp(*key)
+        except FileNotFoundError:
+            return None
+
+    def index_row(self, key: Key) -> IndexRow | None:
+        """What the index keeps of one version, read from its files; None when gone or invalid."""
+        try:
+            meta, stamp = self.metadata(*key), self.stamp(*key)
+        except (AdapterNotFoundError, FileNotFoundError):
+            return None
+        except InvalidAdapterError as exc:
+            log.warning("not indexed: %s", exc.message)
+            return None
+        return _row(key, meta, stamp)  # the directory names it, as for every reader
+
+    # ---------------------------------------------------------------------------- the index
+    def changes_since(self, generation: Generation) -> Changes:
+        """Versions added, replaced or removed since `generation` (O(changes), from the index)."""
+        return self.index.changes_since(generation)
+
+    def page(self, after: str = "", prefix: str = "", limit: int = 100) -> list[NameSummary]:
+        """Names after `after` that start with `prefix`, in order, from the index."""
+        return self.index.page(after, prefix, limit)
+
+    def rescan(self) -> int:
+        """Correct the index from the files (slow: stats every version); returns the fixes."""
+        return self.index.rescan()
+
+    def _record(self, update: Callable[[], None], what: str) -> None:
+        try:
+            update()
+        except (sqlite3.Error, OSError):  # the version is on disk, the source of truth
+            log.exception("cannot record %s in the store index; the next rescan will", what)
 
     def metadata(self, name: str, version: int) -> AdapterMetadata:
         path = self._version_dir(name, version) / METADATA_FILE
@@ -220,26 +260,33 @@ class AdapterStore:
     # ------------------------------------------------------------------------------ writing
     def save(self, meta: AdapterMetadata, tensors: dict[str, Tensor]) -> AdapterMetadata:
         """Write a new version of meta.name (the next number); returns the stored metadata."""
+        return self._save(meta, lambda stored: fmt.encode(stored, tensors))
+
+    def _save(self, meta: AdapterMetadata, encode: Encoder) -> AdapterMetadata:
         name_dir = self._name_dir(meta.name)
         try:
             with _locked_temp_dir(name_dir) as tmp, self._lock:
-                return self._commit(meta, tensors, name_dir, tmp)
+                stored, stamp = self._commit(meta, encode, name_dir, tmp)
         except OSError as exc:
             raise StoreWriteError(
                 f"cannot write adapter {meta.name!r} to the adapter store: "
                 f"{exc.strerror or exc}; nothing was stored"
             ) from exc
+        key = (stored.name, stored.version)
+        self._record(lambda: self.index.put(_row(key, stored, stamp)), f"{key[0]} v{key[1]}")
+        return stored
 
-    def _commit(self, meta: AdapterMetadata, tensors: dict[str, Tensor], name_dir: Path,
-                tmp: Path) -> AdapterMetadata:
+    def _commit(self, meta: AdapterMetadata, encode: Encoder, name_dir: Path,
+                tmp: Path) -> tuple[AdapterMetadata, Stamp]:
         while True:  # another process may take a number first: then take the next one
             version = max(self.versions(meta.name), default=0) + 1
             stored = meta.model_copy(update={"version": version})
-            data = fmt.encode(stored, tensors)
+            data = encode(stored)
             stored = stored.model_copy(update={"weights_sha256": fmt.sha256(data)})
             _write_file(tmp / WEIGHTS_FILE, data)
             _write_file(tmp / METADATA_FILE, stored.model_dump_json(indent=2).encode())
             _fsync_dir(tmp)
+            st = os.stat(tmp / WEIGHTS_FILE)  # the rename keeps it: the version's stamp
             try:
                 os.rename(tmp, name_dir / f"{VERSION_DIR_PREFIX}{version}")
             except OSError as exc:
@@ -250,7 +297,7 @@ class AdapterStore:
             with contextlib.suppress(FileNotFoundError):
                 _fsync_dir(name_dir)
             log.info("stored adapter %s v%d", meta.name, version)
-            return stored
+            return stored, (st.st_mtime_ns, st.st_size)
 
     def import_bytes(self, name: str, data: bytes, base: BaseModelInfo) -> AdapterMetadata:
         """Store a self-describing adapter file trained elsewhere, validated like a load."""
@@ -266,15 +313,20 @@ class AdapterStore:
         versions = self.versions(name)
         targets = versions if version is None else [v for v in versions if v == version]
         name_dir = self._name_dir(name)
-        removed = []
+        removed, trashed = [], []
         for v in targets:
             trash = name_dir / f"{TRASH_PREFIX}{v}-{uuid.uuid4().hex[:8]}"
             try:
                 os.rename(name_dir / f"{VERSION_DIR_PREFIX}{v}", trash)  # gone in one step
             except FileNotFoundError:  # a concurrent delete took this version first
                 continue
-            shutil.rmtree(trash, ignore_errors=True)
             removed.append(v)
+            trashed.append(trash)
+        if removed:
+            self._record(lambda: self.index.remove([(name, v) for v in removed]),
+                         f"the deletion of {name} {removed}")
+        for trash in trashed:
+            shutil.rmtree(trash, ignore_errors=True)
         if not removed:
             what = f"version {version}" if version is not None else "versions"
             raise AdapterNotFoundError(f"adapter {name!r} has no {what}")
@@ -297,3 +349,11 @@ class AdapterStore:
                     shutil.rmtree(entry.path, ignore_errors=True)
                 elif entry.name.startswith(TMP_PREFIX):
                     _remove_if_abandoned(Path(entry.path))
+
+
+Encoder = Callable[[AdapterMetadata], bytes]  # stored metadata -> the weights file's bytes
+
+
+def _row(key: Key, meta: AdapterMetadata, stamp: Stamp) -> IndexRow:
+    return IndexRow(*key, meta.task_type, tuple(meta.labels), meta.created_at,
+                    meta.weights_sha256, size=stamp[1], mtime_ns=stamp[0])
