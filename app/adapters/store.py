@@ -306,7 +306,8 @@ class AdapterStore:
         meta = fmt.embedded_metadata(header, source)
         meta = meta.model_copy(update={"name": name, "version": 0, "weights_sha256": ""})
         fmt.check_base(meta, base)
-        return self.save(meta, fmt.decode(data, meta, source))
+        fmt.decode(data, meta, source)  # every check a load makes; the tensors stay as they are
+        return self._save(meta, lambda stored: fmt.with_metadata(data, header, stored, source))
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
         """Remove one version, or all; returns the versions removed."""
