@@ -65,6 +65,15 @@ def _list_dir(path: Path) -> list[os.DirEntry[str]]:
         return []
 
 
+def _versions_in(name_dir: Path) -> list[int]:
+    found = []
+    for entry in _list_dir(name_dir):
+        suffix = entry.name[len(VERSION_DIR_PREFIX):]
+        if entry.name.startswith(VERSION_DIR_PREFIX) and suffix.isdigit() and entry.is_dir():
+            found.append(int(suffix))
+    return sorted(found)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -167,12 +176,7 @@ class AdapterStore:
                       if e.is_dir() and NAME_RE.match(e.name) and self.versions(e.name))
 
     def versions(self, name: str) -> list[int]:
-        found = []
-        for entry in _list_dir(self._name_dir(name)):
-            suffix = entry.name[len(VERSION_DIR_PREFIX):]
-            if entry.name.startswith(VERSION_DIR_PREFIX) and suffix.isdigit() and entry.is_dir():
-                found.append(int(suffix))
-        return sorted(found)
+        return _versions_in(self._name_dir(name))
 
     def weights_path(self, name: str, version: int) -> Path:
         return self._version_dir(name, version) / WEIGHTS_FILE
@@ -183,14 +187,21 @@ class AdapterStore:
         return st.st_mtime_ns, st.st_size
 
     def snapshot(self) -> dict[Key, Stamp]:
-        """Every visible version with its stamp, from the files (a full scan: see `rescan`)."""
+        """Every visible version with its stamp, from the files (a full scan: see `rescan`).
+
+        One listing per name and one stat per version: this is what a rescan costs.
+        """
         result = {}
-        for name in self.names():
-            for version in self.versions(name):
+        for entry in _list_dir(self.root):
+            if not NAME_RE.match(entry.name) or not entry.is_dir():
+                continue
+            name_dir = self._name_dir(entry.name) if entry.is_symlink() else Path(entry.path)
+            for version in _versions_in(name_dir):
                 try:
-                    result[(name, version)] = self.stamp(name, version)
+                    st = os.stat(name_dir / f"{VERSION_DIR_PREFIX}{version}" / WEIGHTS_FILE)
                 except FileNotFoundError:
                     continue  # deleted while we looked
+                result[(entry.name, version)] = (st.st_mtime_ns, st.st_size)
         return result
 
     def stamp_of(self, key: Key) -> Stamp | None:
