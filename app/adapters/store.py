@@ -19,6 +19,7 @@ from pathlib import Path
 from torch import Tensor
 
 from app.adapters import format as fmt
+from app.adapters.dirs import TMP_PREFIX, list_dir, remove_if_abandoned, versions_in
 from app.adapters.format import AdapterMetadata
 from app.adapters.index import Changes, Generation, IndexRow, Key, NameSummary, Stamp, StoreIndex
 from app.constants import METADATA_FILE, NAME_RE, VERSION_DIR_PREFIX, WEIGHTS_FILE
@@ -32,7 +33,6 @@ from app.model.encoder import BaseModelInfo
 
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".deleted-"
 
 
@@ -50,28 +50,6 @@ def validate_name(name: str) -> str:
             f"starting with a letter or digit"
         )
     return name
-
-
-def _list_dir(path: Path) -> list[os.DirEntry[str]]:
-    """The entries of a directory; none when it is missing or not a directory.
-
-    Listing is the check: a concurrent delete may remove a name directory at any moment, so
-    asking `is_dir()` first and listing next would only open a window for FileNotFoundError.
-    """
-    try:
-        with os.scandir(path) as entries:
-            return list(entries)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _versions_in(name_dir: Path) -> list[int]:
-    found = []
-    for entry in _list_dir(name_dir):
-        suffix = entry.name[len(VERSION_DIR_PREFIX):]
-        if entry.name.startswith(VERSION_DIR_PREFIX) and suffix.isdigit() and entry.is_dir():
-            found.append(int(suffix))
-    return sorted(found)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,21 +105,6 @@ def _is_same_dir(fd: int, path: Path) -> bool:
         return False
 
 
-def _remove_if_abandoned(tmp: Path) -> None:
-    """Remove a temporary directory whose writer has died (see _locked_temp_dir)."""
-    try:
-        fd = os.open(tmp, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        shutil.rmtree(tmp, ignore_errors=True)  # under the lock: no writer can take it now
-    except OSError:
-        pass  # locked: a writer is still at work in it
-    finally:
-        os.close(fd)
-
-
 class AdapterStore:
     """`root/<name>/v<N>/{adapter.safetensors, adapter.json}`.
 
@@ -172,11 +135,11 @@ class AdapterStore:
         return self._name_dir(name) / f"{VERSION_DIR_PREFIX}{version}"
 
     def names(self) -> list[str]:
-        return sorted(e.name for e in _list_dir(self.root)
+        return sorted(e.name for e in list_dir(self.root)
                       if e.is_dir() and NAME_RE.match(e.name) and self.versions(e.name))
 
     def versions(self, name: str) -> list[int]:
-        return _versions_in(self._name_dir(name))
+        return versions_in(self._name_dir(name))
 
     def weights_path(self, name: str, version: int) -> Path:
         return self._version_dir(name, version) / WEIGHTS_FILE
@@ -192,11 +155,11 @@ class AdapterStore:
         One listing per name and one stat per version: this is what a rescan costs.
         """
         result = {}
-        for entry in _list_dir(self.root):
+        for entry in list_dir(self.root):
             if not NAME_RE.match(entry.name) or not entry.is_dir():
                 continue
             name_dir = self._name_dir(entry.name) if entry.is_symlink() else Path(entry.path)
-            for version in _versions_in(name_dir):
+            for version in versions_in(name_dir):
                 try:
                     st = os.stat(name_dir / f"{VERSION_DIR_PREFIX}{version}" / WEIGHTS_FILE)
                 except FileNotFoundError:
@@ -355,12 +318,12 @@ class AdapterStore:
 
         Safe while other processes save into the store: their directories are locked.
         """
-        for name_dir in _list_dir(self.root):  # a name may vanish with its last version
-            for entry in _list_dir(Path(name_dir.path)):
+        for name_dir in list_dir(self.root):  # a name may vanish with its last version
+            for entry in list_dir(Path(name_dir.path)):
                 if entry.name.startswith(TRASH_PREFIX):
                     shutil.rmtree(entry.path, ignore_errors=True)
                 elif entry.name.startswith(TMP_PREFIX):
-                    _remove_if_abandoned(Path(entry.path))
+                    remove_if_abandoned(Path(entry.path))
 
 
 Encoder = Callable[[AdapterMetadata], bytes]  # stored metadata -> the weights file's bytes
