@@ -128,6 +128,7 @@ class StoreIndex:
         self._lock = threading.RLock()  # one connection, shared by this process's threads
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
+        self._built_now = False
 
     # ------------------------------------------------------------------------------ queries
     def changes_since(self, since: Generation) -> Changes:
@@ -148,7 +149,7 @@ class StoreIndex:
 
     def rescan(self) -> int:
         """Bring the index in line with the files; returns how many versions it corrected."""
-        return self._run(self._reconcile)
+        return self._run(lambda db: 0 if self._built_now else self._reconcile(db))
 
     def close(self) -> None:
         with self._lock:
@@ -159,6 +160,7 @@ class StoreIndex:
     # --------------------------------------------------------------------------- internals
     def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
+            self._built_now = False  # set by _db() when it had to build the index
             try:
                 return op(self._db())
             except sqlite3.DatabaseError as exc:
@@ -185,6 +187,7 @@ class StoreIndex:
         if _meta(conn, "complete") != "1":
             log.info("building the store index %s from the files", self.path)
             self._reconcile(conn)
+            self._built_now = True
         return conn
 
     def _discard(self) -> None:
