@@ -27,15 +27,12 @@ log = logging.getLogger(__name__)
 class ResidentAdapter:
     """One adapter version on the device: its slot in the bank and its head."""
 
+    key: Key  # where it is stored: a copy made by hand keeps the metadata of its original
     meta: AdapterMetadata
     slot: int
     head: Head
     pins: int = 0
     retired: bool = False  # removed or replaced: freed when the last pin goes
-
-    @property
-    def key(self) -> Key:
-        return self.meta.name, self.meta.version
 
 
 @dataclass
@@ -188,7 +185,7 @@ class AdapterRegistry:
         with self._lock:
             self._evict(room_for=1)
             slot = self.bank.add(loaded.meta.adapter_config, loaded.adapter)
-            entry = ResidentAdapter(loaded.meta, slot, head, pins=1)
+            entry = ResidentAdapter(key, loaded.meta, slot, head, pins=1)
             self._resident[key] = entry
             if key not in self._index:  # saved by this process before the next refresh
                 self._set(key, self.store.stamp(*key))

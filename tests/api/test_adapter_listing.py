@@ -93,3 +93,17 @@ def test_bad_limit_cursor_or_prefix_is_a_422_naming_the_field(
     error = r.json()["error"]
     assert error["code"] == "validation_error"
     assert [d["field"] for d in error["details"]] == [field]
+
+
+def test_a_version_copied_by_hand_is_listed_and_served_after_a_reload(
+        listed: TestClient, store: AdapterStore) -> None:
+    import shutil
+
+    shutil.copytree(store.root / "task0" / "v1", store.root / "task9" / "v1")
+    assert listed.post("/predict/task9", json={"inputs": "x"}).status_code == 404
+    assert "task9" not in [a["name"] for a in listed.get("/adapters").json()["adapters"]]
+    assert listed.post("/adapters/reload").json() == {"changed": True, "adapters": 8,
+                                                      "versions": 9}
+    assert listed.get("/adapters", params={"prefix": "task9"}).json()["adapters"][0][
+        "versions"] == [1]
+    assert listed.post("/predict/task9", json={"inputs": "x"}).status_code == 200

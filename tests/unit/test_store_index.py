@@ -115,8 +115,11 @@ def test_a_version_copied_into_place_by_hand_appears_after_the_rescan(
     assert registry.refresh(rescan=True)
     assert registry.names() == {"copied": [1], "t": [1, 2]}
     assert [(a.name, a.versions) for a in store.page()] == [("copied", [1]), ("t", [1, 2])]
+    registry.release(registry.acquire(("copied", 1)))
+    assert registry.resident_keys() == [("copied", 1)]
     shutil.rmtree(store.root / "copied")
     assert registry.refresh(rescan=True) and registry.names() == {"t": [1, 2]}
+    assert registry.resident_keys() == []  # let go under its own key, not its original's
 
 
 def test_a_crash_between_rename_and_index_update_is_repaired(
