@@ -179,15 +179,20 @@ class StoreIndex:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                check_same_thread=False)
-        self._conn, self._file_id = conn, _file_id(self.path)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # the files are durable; the index is derived
-        if conn.execute("PRAGMA user_version").fetchone()[0] != INDEX_FORMAT:
-            _create(conn)
-        if _meta(conn, "complete") != "1":
-            log.info("building the store index %s from the files", self.path)
-            self._reconcile(conn)
-            self._built_now = True
+        self._file_id = _file_id(self.path)  # what _discard removes if this one is corrupt
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # the files are durable; this is derived
+            if conn.execute("PRAGMA user_version").fetchone()[0] != INDEX_FORMAT:
+                _create(conn)
+            if _meta(conn, "complete") != "1":
+                log.info("building the store index %s from the files", self.path)
+                self._reconcile(conn)
+                self._built_now = True
+        except BaseException:
+            conn.close()  # half opened: the next call starts again
+            raise
+        self._conn = conn
         return conn
 
     def _discard(self) -> None:
@@ -207,7 +212,8 @@ class StoreIndex:
         indexed = _stamps(db)
         suspects = {k for k, s in on_disk.items() if indexed.get(k) != s} | (
             indexed.keys() - on_disk.keys())
-        read = {k: self._source.index_row(k) for k in suspects if k in on_disk}  # lock-free
+        # Read before taking the write lock, so other processes' writers are not held up.
+        read = {k: self._source.index_row(k) for k in suspects if k in on_disk}
         fixed = self._correct_all(db, {k: read.get(k) for k in suspects})
         db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
         if fixed:
