@@ -180,3 +180,37 @@ def test_page_limits_prefixes_and_cursors(store: AdapterStore, make_adapter: Ada
     assert [a.name for a in store.page(after="aa", prefix="a")] == ["ab"]
     assert store.page(after="b") == []
     assert os.path.exists(store.root / INDEX_FILE)
+
+
+# Saves `count` copies of adapter "t" v1 under the name argv[2], from a process of its own.
+WRITER = """
+import sys
+from pathlib import Path
+from safetensors.torch import load
+from app.adapters.store import AdapterStore
+
+store = AdapterStore(Path(sys.argv[1]))
+meta = store.metadata("t", 1).model_copy(update={"name": sys.argv[2], "weights_sha256": ""})
+tensors = load(store.weights_bytes("t", 1))
+for _ in range(int(sys.argv[3])):
+    store.save(meta, tensors)
+"""
+
+
+@pytest.mark.slow
+def test_writers_in_other_processes_are_followed_without_a_rescan(
+        store: AdapterStore, make_adapter: AdapterFactory, encoder: FrozenEncoder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    make_adapter(store, "t")
+    registry = _registry(store, encoder)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(store.root), name, "5"],
+                                cwd=Path(__file__).resolve().parents[2]) for name in "xyz"]
+    assert [w.wait(120) for w in writers] == [0, 0, 0]
+    _no_full_scan(store, monkeypatch)
+    assert registry.refresh()
+    assert registry.names() == {"t": [1], **{n: [1, 2, 3, 4, 5] for n in "xyz"}}
+    assert [(a.name, a.versions) for a in store.page()] == [
+        ("t", [1]), *[(n, [1, 2, 3, 4, 5]) for n in "xyz"]]
