@@ -36,7 +36,12 @@ class Settings(BaseSettings):
         64, ge=1, description="Adapters kept on the device at once; least recently used are evicted."
     )
     store_poll_seconds: float = Field(
-        2.0, ge=0, description="How often the store is checked for changes made on disk; 0 = never."
+        2.0, ge=0, description="How often the store's index is checked for adapters other "
+        "processes stored or deleted (cheap: one query); 0 = never."
+    )
+    store_rescan_seconds: float = Field(
+        300.0, ge=0, description="How often every adapter file is checked against the store's "
+        "index, to pick up versions copied or edited by hand (slow with many adapters); 0 = never."
     )
     malloc_trim_seconds: float = Field(
         10.0, ge=0, description="How often freed heap memory is handed back to the OS (glibc "

@@ -47,7 +47,7 @@ class Services:
         store.check_readable()
         store.clean_stale()
         registry = AdapterRegistry(store, encoder, settings.max_resident_adapters)
-        registry.refresh()
+        registry.refresh(rescan=True)  # what changed while no server ran
         engine = InferenceEngine(encoder, registry)
         batcher: Batcher[Row] = Batcher(engine.run, lambda row: len(row.feature), BatchLimits(
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
@@ -80,7 +80,7 @@ class Services:
         registry = self.registry
         return ServiceStatus(
             queue_rows=self.batcher.queued_rows,
-            adapters_stored=len(registry.names()),
+            adapters_stored=registry.counts()[0],
             adapters_resident=len(registry.resident_keys()),
             adapters_capacity=registry.capacity,
             adapter_loads=registry.stats.loads,
@@ -95,7 +95,12 @@ class Services:
         await self.batcher.start()
         await self.jobs.start()
         if self.settings.store_poll_seconds > 0:
-            self._tasks.append(asyncio.create_task(self._poll_store(), name="store-poll"))
+            self._tasks.append(asyncio.create_task(
+                self._poll_store(self.settings.store_poll_seconds, rescan=False), name="store-poll"))
+        if self.settings.store_rescan_seconds > 0:
+            self._tasks.append(asyncio.create_task(
+                self._poll_store(self.settings.store_rescan_seconds, rescan=True),
+                name="store-rescan"))
         if self.settings.malloc_trim_seconds > 0 and memory.can_trim():
             self._tasks.append(asyncio.create_task(self._trim_memory(), name="malloc-trim"))
 
@@ -113,12 +118,13 @@ class Services:
             await asyncio.sleep(self.settings.malloc_trim_seconds)
             await asyncio.to_thread(memory.trim)
 
-    async def _poll_store(self) -> None:
-        """Pick up adapters added, replaced or deleted on disk by other processes."""
+    async def _poll_store(self, seconds: float, rescan: bool) -> None:
+        """Pick up adapters other processes added, replaced or deleted: through the store's
+        index (cheap, often), or by a rescan of the files (slow, rarely: changes made by hand)."""
         while True:
-            await asyncio.sleep(self.settings.store_poll_seconds)
+            await asyncio.sleep(seconds)
             try:
-                await asyncio.to_thread(self.registry.refresh)
+                await asyncio.to_thread(self.registry.refresh, rescan)
             except Exception:  # a bad moment on disk must not stop the polling
                 log.exception("store poll failed")
 

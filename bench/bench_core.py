@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from app.adapters.registry import AdapterRegistry, Key
+from app.adapters.index import Key
+from app.adapters.registry import AdapterRegistry
 from app.adapters.store import AdapterStore
 from app.model.adapter import AdapterConfig, tensor_shapes
 from app.model.encoder import FrozenEncoder

@@ -109,9 +109,30 @@ def parse_metadata(raw: bytes | str | dict[str, Any], source: str) -> AdapterMet
 
 def encode(meta: AdapterMetadata, tensors: dict[str, Tensor]) -> bytes:
     """safetensors bytes; the metadata (without its own checksum) rides in the header."""
-    embedded = meta.model_dump(mode="json", exclude={"weights_sha256"})
     contiguous = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
-    return st_save(contiguous, metadata={SAFETENSORS_METADATA_KEY: json.dumps(embedded)})
+    return st_save(contiguous, metadata={SAFETENSORS_METADATA_KEY: _embedded(meta)})
+
+
+def _embedded(meta: AdapterMetadata) -> str:
+    """The metadata as the weights file carries it: without its own checksum."""
+    return json.dumps(meta.model_dump(mode="json", exclude={"weights_sha256"}))
+
+
+def with_metadata(data: bytes, header: dict[str, Any], meta: AdapterMetadata, source: str
+                  ) -> bytes:
+    """`data` (a file read_header accepted) with `meta` embedded instead, tensor bytes untouched.
+
+    What an import stores: re-encoding the tensors would cost more than the checks. The tensor
+    entries and their offsets stay as they are, so the new header is checked like any other.
+    """
+    (size,) = struct.unpack("<Q", data[:8])
+    extra = dict(header.get("__metadata__") or {})
+    extra[SAFETENSORS_METADATA_KEY] = _embedded(meta)
+    raw = json.dumps({**header, "__metadata__": extra}, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # tensor data 8-byte aligned, as safetensors writes it
+    out = struct.pack("<Q", len(raw)) + raw + data[8 + size:]
+    check_tensors(read_header(out, source), meta, source)
+    return out
 
 
 def sha256(data: bytes) -> str:

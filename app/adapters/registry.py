@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from app.adapters.format import AdapterMetadata
+from app.adapters.index import Changes, Generation, Key, Stamp
 from app.adapters.store import AdapterStore, validate_name
 from app.errors import AdapterNotFoundError
 from app.model.bank import AdapterBank, RowRouting
@@ -20,22 +22,17 @@ from app.tasks import Head, build_head
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, int]
-
 
 @dataclass
 class ResidentAdapter:
     """One adapter version on the device: its slot in the bank and its head."""
 
+    key: Key  # where it is stored: a copy made by hand keeps the metadata of its original
     meta: AdapterMetadata
     slot: int
     head: Head
     pins: int = 0
     retired: bool = False  # removed or replaced: freed when the last pin goes
-
-    @property
-    def key(self) -> Key:
-        return self.meta.name, self.meta.version
 
 
 @dataclass
@@ -45,7 +42,7 @@ class RegistryStats:
 
 
 class AdapterRegistry:
-    """Which versions exist (an index of the store) and which are resident (at most `capacity`).
+    """Which versions exist (following the store's index) and which are resident (at most `capacity`).
 
     Requests pin the adapters of their batch for the length of a forward pass; eviction and
     removal only free unpinned adapters, so a request that started never loses its adapter.
@@ -63,61 +60,88 @@ class AdapterRegistry:
         self._warned_at = -math.inf  # when the over-capacity warning was last logged
         self._lock = threading.RLock()
         self._key_locks: defaultdict[Key, threading.Lock] = defaultdict(threading.Lock)
-        self._index: dict[Key, tuple[int, int]] = {}  # every version on disk -> its stamp
+        self._refresh_lock = threading.Lock()
+        self._generation = Generation()  # of the store's index, as far as this registry follows
+        self._index: dict[Key, Stamp] = {}  # every version on disk -> its stamp
+        self._versions: dict[str, list[int]] = {}  # name -> its versions, oldest first
         self._resident: OrderedDict[Key, ResidentAdapter] = OrderedDict()
         self._meta: dict[Key, AdapterMetadata] = {}
 
     # -------------------------------------------------------------------------------- index
-    def refresh(self) -> bool:
-        """Re-read the store; retire resident versions that vanished, changed or were superseded.
+    def refresh(self, rescan: bool = False) -> bool:
+        """Follow the store's changes since the last refresh: O(changes), O(1) when none.
 
-        Returns whether anything changed.
+        Retires resident versions that vanished, changed or were superseded. `rescan` first
+        corrects the store's index from the files (slow: the periodic rescan and POST
+        /adapters/reload do it). Returns whether anything changed.
         """
-        snapshot = self.store.snapshot()
-        with self._lock:
-            if snapshot == self._index:
-                return False
-            latest = self._latest_of(snapshot)
-            for key, entry in list(self._resident.items()):
-                gone = snapshot.get(key) != self._index.get(key) or key not in snapshot
-                superseded = latest.get(key[0], 0) > key[1]
-                if gone or superseded:
-                    self._retire(entry)
-            self._meta = {k: m for k, m in self._meta.items()
-                          if k in snapshot and snapshot[k] == self._index.get(k)}
-            self._index = snapshot
-        log.info("adapter index refreshed: %d versions of %d adapters",
-                 len(snapshot), len(self._latest_of(snapshot)))
-        return True
+        if rescan:
+            self.store.rescan()
+        with self._refresh_lock:  # changes applied in the order the store made them
+            changes = self.store.changes_since(self._generation)
+            with self._lock:
+                touched = self._apply(changes)
+        if touched:
+            log.info("adapter index refreshed: %d versions changed; %d versions of %d adapters",
+                     len(touched), len(self._index), len(self._versions))
+        return bool(touched)
 
-    @staticmethod
-    def _latest_of(index: dict[Key, tuple[int, int]]) -> dict[str, int]:
-        latest: dict[str, int] = {}
-        for name, version in index:
-            latest[name] = max(version, latest.get(name, 0))
-        return latest
+    def _apply(self, changes: Changes) -> set[Key]:
+        self._generation = changes.generation
+        stamps = changes.stamps
+        if changes.complete:  # every version: what differs from ours changed
+            touched = {k for k in self._index.keys() | stamps.keys()
+                       if self._index.get(k) != stamps.get(k)}
+        else:  # logged changes: a version deleted and written again may keep its stamp
+            touched = set(stamps)
+        for key in touched:
+            self._set(key, stamps.get(key))
+            self._meta.pop(key, None)
+        if touched:
+            for key, entry in list(self._resident.items()):
+                versions = self._versions.get(key[0], [])
+                if key in touched or not versions or versions[-1] > key[1]:
+                    self._retire(entry)  # gone, replaced or superseded
+        return touched
+
+    def _set(self, key: Key, stamp: Stamp | None) -> None:
+        name, version = key
+        versions = self._versions.setdefault(name, [])
+        if stamp is None:
+            self._index.pop(key, None)
+            if version in versions:
+                versions.remove(version)
+        else:
+            if key not in self._index:
+                bisect.insort(versions, version)
+            self._index[key] = stamp
+        if not versions:
+            del self._versions[name]
 
     def names(self) -> dict[str, list[int]]:
         with self._lock:
-            out: dict[str, list[int]] = defaultdict(list)
-            for name, version in sorted(self._index):
-                out[name].append(version)
-            return dict(out)
+            return {name: list(self._versions[name]) for name in sorted(self._versions)}
+
+    def versions(self, name: str) -> list[int]:
+        """The stored versions of one name, oldest first ([] when none)."""
+        with self._lock:
+            return list(self._versions.get(name, []))
+
+    def counts(self) -> tuple[int, int]:
+        """(adapter names, versions) stored."""
+        with self._lock:
+            return len(self._versions), len(self._index)
 
     def resolve(self, name: str, version: int | None = None) -> Key:
         """The (name, version) a request means: the newest unless it pins one. 404 otherwise."""
         validate_name(name)
-        with self._lock:
-            if version is None:
-                versions = [v for n, v in self._index if n == name]
-                if versions:
-                    return name, max(versions)
-                raise AdapterNotFoundError(f"no adapter named {name!r}; GET /adapters lists them")
-            if (name, version) in self._index:
-                return name, version
-        known = self.names().get(name)
-        if known is None:
+        known = self.versions(name)
+        if not known:
             raise AdapterNotFoundError(f"no adapter named {name!r}; GET /adapters lists them")
+        if version is None:
+            return name, known[-1]
+        if version in known:
+            return name, version
         raise AdapterNotFoundError(f"adapter {name!r} has no version {version} (it has {known})")
 
     def metadata(self, key: Key) -> AdapterMetadata:
@@ -161,10 +185,10 @@ class AdapterRegistry:
         with self._lock:
             self._evict(room_for=1)
             slot = self.bank.add(loaded.meta.adapter_config, loaded.adapter)
-            entry = ResidentAdapter(loaded.meta, slot, head, pins=1)
+            entry = ResidentAdapter(key, loaded.meta, slot, head, pins=1)
             self._resident[key] = entry
             if key not in self._index:  # saved by this process before the next refresh
-                self._index[key] = self.store.stamp(*key)
+                self._set(key, self.store.stamp(*key))
         self.stats.loads += 1
         log.info("loaded adapter %s v%d into slot %d in %.1f ms", key[0], key[1], slot,
                  (time.perf_counter() - t0) * 1000)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.adapters.format import AdapterMetadata
+from app.adapters.index import NameSummary
 from app.adapters.registry import AdapterRegistry
 from app.adapters.store import AdapterStore
 from app.errors import PayloadTooLargeError
@@ -18,23 +19,29 @@ class AdapterInfo:
     resident: bool
 
 
+@dataclass(frozen=True)
+class AdapterPage:
+    """Names in order; `last` is the last one shown when more follow, else None."""
+
+    adapters: list[NameSummary]
+    last: str | None
+
+
 class AdapterService:
     def __init__(self, store: AdapterStore, registry: AdapterRegistry, max_bytes: int) -> None:
         self.store = store
         self.registry = registry
         self.max_bytes = max_bytes
 
-    def overview(self) -> list[AdapterInfo]:
-        resident = set(self.registry.resident_keys())
-        infos = []
-        for name, versions in sorted(self.registry.names().items()):
-            key = (name, versions[-1])
-            infos.append(AdapterInfo(self.registry.metadata(key), versions, key in resident))
-        return infos
+    def overview(self, limit: int, after: str = "", prefix: str = "") -> AdapterPage:
+        """One page of names in order, from the store's index (no adapter file is read)."""
+        found = self.store.page(after, prefix, limit + 1)
+        more = len(found) > limit
+        return AdapterPage(found[:limit], found[limit - 1].name if more else None)
 
     def describe(self, name: str, version: int | None = None) -> AdapterInfo:
         key = self.registry.resolve(name, version)
-        return AdapterInfo(self.registry.metadata(key), self.registry.names()[name],
+        return AdapterInfo(self.registry.metadata(key), self.registry.versions(name),
                            key in self.registry.resident_keys())
 
     def weights_path(self, name: str, version: int | None = None) -> tuple[Path, int]:
@@ -47,13 +54,13 @@ class AdapterService:
             raise PayloadTooLargeError(
                 f"adapter file of {len(data)} bytes exceeds the limit of {self.max_bytes}")
         meta = self.store.import_bytes(name, data, self.registry.encoder.info)
-        self.registry.refresh()
-        return AdapterInfo(meta, self.registry.names().get(name, []), resident=False)
+        self.registry.refresh()  # reads the one change the import made, no rescan
+        return AdapterInfo(meta, self.registry.versions(name), resident=False)
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
         return self.registry.delete(name, version)
 
     def reload(self) -> tuple[bool, int, int]:
-        changed = self.registry.refresh()
-        names = self.registry.names()
-        return changed, len(names), sum(len(v) for v in names.values())
+        """Rescan the files now (changes made by hand, or lost by a crash); counts after it."""
+        changed = self.registry.refresh(rescan=True)
+        return changed, *self.registry.counts()

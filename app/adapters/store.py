@@ -8,17 +8,20 @@ import fcntl
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 
 from app.adapters import format as fmt
+from app.adapters.dirs import TMP_PREFIX, list_dir, remove_if_abandoned, versions_in
 from app.adapters.format import AdapterMetadata
+from app.adapters.index import Changes, Generation, IndexRow, Key, NameSummary, Stamp, StoreIndex
 from app.constants import METADATA_FILE, NAME_RE, VERSION_DIR_PREFIX, WEIGHTS_FILE
 from app.errors import (
     AdapterNotFoundError,
@@ -30,7 +33,6 @@ from app.model.encoder import BaseModelInfo
 
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".deleted-"
 
 
@@ -48,19 +50,6 @@ def validate_name(name: str) -> str:
             f"starting with a letter or digit"
         )
     return name
-
-
-def _list_dir(path: Path) -> list[os.DirEntry[str]]:
-    """The entries of a directory; none when it is missing or not a directory.
-
-    Listing is the check: a concurrent delete may remove a name directory at any moment, so
-    asking `is_dir()` first and listing next would only open a window for FileNotFoundError.
-    """
-    try:
-        with os.scandir(path) as entries:
-            return list(entries)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _fsync_dir(path: Path) -> None:
@@ -116,32 +105,19 @@ def _is_same_dir(fd: int, path: Path) -> bool:
         return False
 
 
-def _remove_if_abandoned(tmp: Path) -> None:
-    """Remove a temporary directory whose writer has died (see _locked_temp_dir)."""
-    try:
-        fd = os.open(tmp, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        shutil.rmtree(tmp, ignore_errors=True)  # under the lock: no writer can take it now
-    except OSError:
-        pass  # locked: a writer is still at work in it
-    finally:
-        os.close(fd)
-
-
 class AdapterStore:
     """`root/<name>/v<N>/{adapter.safetensors, adapter.json}`.
 
     A version becomes visible by renaming a complete temporary directory into place, so a crash
     at any moment leaves either the whole version or none of it. Versions never change after
-    they are written; deleting renames them away first.
+    they are written; deleting renames them away first. Each writer then records the change in
+    the index (app.adapters.index), which answers listings and pollers without touching the files.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        self.index = StoreIndex(self.root, self)
 
     # ------------------------------------------------------------------------------ reading
     def check_readable(self) -> None:
@@ -159,16 +135,11 @@ class AdapterStore:
         return self._name_dir(name) / f"{VERSION_DIR_PREFIX}{version}"
 
     def names(self) -> list[str]:
-        return sorted(e.name for e in _list_dir(self.root)
+        return sorted(e.name for e in list_dir(self.root)
                       if e.is_dir() and NAME_RE.match(e.name) and self.versions(e.name))
 
     def versions(self, name: str) -> list[int]:
-        found = []
-        for entry in _list_dir(self._name_dir(name)):
-            suffix = entry.name[len(VERSION_DIR_PREFIX):]
-            if entry.name.startswith(VERSION_DIR_PREFIX) and suffix.isdigit() and entry.is_dir():
-                found.append(int(suffix))
-        return sorted(found)
+        return versions_in(self._name_dir(name))
 
     def weights_path(self, name: str, version: int) -> Path:
         return self._version_dir(name, version) / WEIGHTS_FILE
@@ -178,16 +149,59 @@ class AdapterStore:
         st = self.weights_path(name, version).stat()
         return st.st_mtime_ns, st.st_size
 
-    def snapshot(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """Every visible version with its stamp: what the registry compares to notice changes."""
+    def snapshot(self) -> dict[Key, Stamp]:
+        """Every visible version with its stamp, from the files (a full scan: see `rescan`).
+
+        One listing per name and one stat per version: this is what a rescan costs.
+        """
         result = {}
-        for name in self.names():
-            for version in self.versions(name):
+        for entry in list_dir(self.root):
+            if not NAME_RE.match(entry.name) or not entry.is_dir():
+                continue
+            name_dir = self._name_dir(entry.name) if entry.is_symlink() else Path(entry.path)
+            for version in versions_in(name_dir):
                 try:
-                    result[(name, version)] = self.stamp(name, version)
+                    st = os.stat(name_dir / f"{VERSION_DIR_PREFIX}{version}" / WEIGHTS_FILE)
                 except FileNotFoundError:
                     continue  # deleted while we looked
+                result[(entry.name, version)] = (st.st_mtime_ns, st.st_size)
         return result
+
+    def stamp_of(self, key: Key) -> Stamp | None:
+        try:
+            return self.stamp(*key)
+        except FileNotFoundError:
+            return None
+
+    def index_row(self, key: Key) -> IndexRow | None:
+        """What the index keeps of one version, read from its files; None when gone or invalid."""
+        try:
+            meta, stamp = self.metadata(*key), self.stamp(*key)
+        except (AdapterNotFoundError, FileNotFoundError):
+            return None
+        except InvalidAdapterError as exc:
+            log.warning("not indexed: %s", exc.message)
+            return None
+        return _row(key, meta, stamp)  # the directory names it, as for every reader
+
+    # ---------------------------------------------------------------------------- the index
+    def changes_since(self, generation: Generation) -> Changes:
+        """Versions added, replaced or removed since `generation` (O(changes), from the index)."""
+        return self.index.changes_since(generation)
+
+    def page(self, after: str = "", prefix: str = "", limit: int = 100) -> list[NameSummary]:
+        """Names after `after` that start with `prefix`, in order, from the index."""
+        return self.index.page(after, prefix, limit)
+
+    def rescan(self) -> int:
+        """Correct the index from the files (slow: stats every version); returns the fixes."""
+        return self.index.rescan()
+
+    def _record(self, update: Callable[[], None], what: str) -> None:
+        try:
+            update()
+        except (sqlite3.Error, OSError):  # the version is on disk, the source of truth
+            log.exception("cannot record %s in the store index; the next rescan will", what)
 
     def metadata(self, name: str, version: int) -> AdapterMetadata:
         path = self._version_dir(name, version) / METADATA_FILE
@@ -220,26 +234,33 @@ class AdapterStore:
     # ------------------------------------------------------------------------------ writing
     def save(self, meta: AdapterMetadata, tensors: dict[str, Tensor]) -> AdapterMetadata:
         """Write a new version of meta.name (the next number); returns the stored metadata."""
+        return self._save(meta, lambda stored: fmt.encode(stored, tensors))
+
+    def _save(self, meta: AdapterMetadata, encode: Encoder) -> AdapterMetadata:
         name_dir = self._name_dir(meta.name)
         try:
             with _locked_temp_dir(name_dir) as tmp, self._lock:
-                return self._commit(meta, tensors, name_dir, tmp)
+                stored, stamp = self._commit(meta, encode, name_dir, tmp)
         except OSError as exc:
             raise StoreWriteError(
                 f"cannot write adapter {meta.name!r} to the adapter store: "
                 f"{exc.strerror or exc}; nothing was stored"
             ) from exc
+        key = (stored.name, stored.version)
+        self._record(lambda: self.index.put(_row(key, stored, stamp)), f"{key[0]} v{key[1]}")
+        return stored
 
-    def _commit(self, meta: AdapterMetadata, tensors: dict[str, Tensor], name_dir: Path,
-                tmp: Path) -> AdapterMetadata:
+    def _commit(self, meta: AdapterMetadata, encode: Encoder, name_dir: Path,
+                tmp: Path) -> tuple[AdapterMetadata, Stamp]:
         while True:  # another process may take a number first: then take the next one
             version = max(self.versions(meta.name), default=0) + 1
             stored = meta.model_copy(update={"version": version})
-            data = fmt.encode(stored, tensors)
+            data = encode(stored)
             stored = stored.model_copy(update={"weights_sha256": fmt.sha256(data)})
             _write_file(tmp / WEIGHTS_FILE, data)
             _write_file(tmp / METADATA_FILE, stored.model_dump_json(indent=2).encode())
             _fsync_dir(tmp)
+            st = os.stat(tmp / WEIGHTS_FILE)  # the rename keeps it: the version's stamp
             try:
                 os.rename(tmp, name_dir / f"{VERSION_DIR_PREFIX}{version}")
             except OSError as exc:
@@ -250,7 +271,7 @@ class AdapterStore:
             with contextlib.suppress(FileNotFoundError):
                 _fsync_dir(name_dir)
             log.info("stored adapter %s v%d", meta.name, version)
-            return stored
+            return stored, (st.st_mtime_ns, st.st_size)
 
     def import_bytes(self, name: str, data: bytes, base: BaseModelInfo) -> AdapterMetadata:
         """Store a self-describing adapter file trained elsewhere, validated like a load."""
@@ -259,22 +280,28 @@ class AdapterStore:
         meta = fmt.embedded_metadata(header, source)
         meta = meta.model_copy(update={"name": name, "version": 0, "weights_sha256": ""})
         fmt.check_base(meta, base)
-        return self.save(meta, fmt.decode(data, meta, source))
+        fmt.decode(data, meta, source)  # every check a load makes; the tensors stay as they are
+        return self._save(meta, lambda stored: fmt.with_metadata(data, header, stored, source))
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
         """Remove one version, or all; returns the versions removed."""
         versions = self.versions(name)
         targets = versions if version is None else [v for v in versions if v == version]
         name_dir = self._name_dir(name)
-        removed = []
+        removed, trashed = [], []
         for v in targets:
             trash = name_dir / f"{TRASH_PREFIX}{v}-{uuid.uuid4().hex[:8]}"
             try:
                 os.rename(name_dir / f"{VERSION_DIR_PREFIX}{v}", trash)  # gone in one step
             except FileNotFoundError:  # a concurrent delete took this version first
                 continue
-            shutil.rmtree(trash, ignore_errors=True)
             removed.append(v)
+            trashed.append(trash)
+        if removed:
+            self._record(lambda: self.index.remove([(name, v) for v in removed]),
+                         f"the deletion of {name} {removed}")
+        for trash in trashed:
+            shutil.rmtree(trash, ignore_errors=True)
         if not removed:
             what = f"version {version}" if version is not None else "versions"
             raise AdapterNotFoundError(f"adapter {name!r} has no {what}")
@@ -291,9 +318,17 @@ class AdapterStore:
 
         Safe while other processes save into the store: their directories are locked.
         """
-        for name_dir in _list_dir(self.root):  # a name may vanish with its last version
-            for entry in _list_dir(Path(name_dir.path)):
+        for name_dir in list_dir(self.root):  # a name may vanish with its last version
+            for entry in list_dir(Path(name_dir.path)):
                 if entry.name.startswith(TRASH_PREFIX):
                     shutil.rmtree(entry.path, ignore_errors=True)
                 elif entry.name.startswith(TMP_PREFIX):
-                    _remove_if_abandoned(Path(entry.path))
+                    remove_if_abandoned(Path(entry.path))
+
+
+Encoder = Callable[[AdapterMetadata], bytes]  # stored metadata -> the weights file's bytes
+
+
+def _row(key: Key, meta: AdapterMetadata, stamp: Stamp) -> IndexRow:
+    return IndexRow(*key, meta.task_type, tuple(meta.labels), meta.created_at,
+                    meta.weights_sha256, size=stamp[1], mtime_ns=stamp[0])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.adapters.service import AdapterInfo
-from app.constants import FORMAT_VERSION, NAME_PATTERN
+from app.adapters.index import NameSummary
+from app.adapters.service import AdapterInfo, AdapterPage
+from app.constants import FORMAT_VERSION, NAME_PATTERN, NAME_RE
 from app.model.adapter import AdapterConfig
 from app.tasks import HeadConfig, TaskType
 
@@ -36,14 +38,38 @@ class AdapterSummary(BaseModel):
     created_at: str
 
     @classmethod
-    def of(cls, info: AdapterInfo) -> AdapterSummary:
-        meta = info.meta
-        return cls(name=meta.name, latest_version=meta.version, versions=info.versions,
-                   task_type=meta.task_type, labels=meta.labels, created_at=meta.created_at)
+    def of(cls, found: NameSummary) -> AdapterSummary:
+        return cls(name=found.name, latest_version=found.versions[-1], versions=found.versions,
+                   task_type=found.task_type, labels=found.labels, created_at=found.created_at)
 
 
 class AdapterList(BaseModel):
     adapters: list[AdapterSummary]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; "
+                                    "null on the last page.")
+
+    @classmethod
+    def of(cls, page: AdapterPage) -> AdapterList:
+        return cls(adapters=[AdapterSummary.of(a) for a in page.adapters],
+                   next_cursor=None if page.last is None else encode_cursor(page.last))
+
+
+# A cursor is the last name of a page, opaque to clients so that its form may change.
+def encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    """The name a cursor stands for; ValueError (a 422 naming `cursor`) when it is not one."""
+    if cursor is None:
+        return None
+    try:
+        name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        name = ""
+    if not NAME_RE.match(name):
+        raise ValueError("not a cursor from GET /adapters (pass next_cursor as it came)")
+    return name
 
 
 class AdapterDetail(BaseModel):

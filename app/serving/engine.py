@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from app import metrics
-from app.adapters.registry import AdapterRegistry, Key, ResidentAdapter
+from app.adapters.index import Key
+from app.adapters.registry import AdapterRegistry, ResidentAdapter
 from app.errors import ServiceError
 from app.model.encoder import FrozenEncoder
 from app.model.tokenization import Feature

@@ -157,5 +157,6 @@ def test_metadata_is_cached_until_the_version_changes(store: AdapterStore, encod
     weights.write_bytes(weights.read_bytes())  # replaced on disk: a new stamp
     import os
     os.utime(weights, ns=(1, 1))
-    registry.refresh()
+    assert not registry.refresh()  # a change by hand: the index has not seen it...
+    assert registry.refresh(rescan=True)  # ...until the files are rescanned
     assert registry.metadata(("t", 1)).description == "edited"

@@ -310,3 +310,26 @@ def test_import_of_a_downloaded_file_creates_a_version(store: AdapterStore,
     meta = store.import_bytes("copy", data, encoder.info)
     assert (meta.name, meta.version, meta.task_type) == ("copy", 1, "regression")
     assert store.load("copy", 1, encoder.info).meta.weights_sha256 == meta.weights_sha256
+
+
+def test_import_keeps_the_tensor_bytes_and_embeds_the_new_name(
+        store: AdapterStore, make_adapter: AdapterFactory, encoder: FrozenEncoder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An import rewrites only the header: no re-encoding, and a file that imports again."""
+    make_adapter(store, "src")
+    make_adapter(store, "copy", seed=5)
+    data = store.weights_path("src", 1).read_bytes()
+    monkeypatch.setattr(store_module.fmt, "encode", None)  # would fail if called
+    meta = store.import_bytes("copy", data, encoder.info)
+    stored = store.weights_path("copy", 2).read_bytes()
+
+    (n_src,), (n_new,) = struct.unpack("<Q", data[:8]), struct.unpack("<Q", stored[:8])
+    assert stored[8 + n_new:] == data[8 + n_src:] and (8 + n_new) % 8 == 0
+    embedded = json.loads(_header_meta(stored)["adapter_serve"])
+    assert (embedded["name"], embedded["version"]) == ("copy", 2) == (meta.name, meta.version)
+    assert __import__("hashlib").sha256(stored).hexdigest() == meta.weights_sha256
+    loaded = store.load("copy", 2, encoder.info)  # checksum, header, shapes, finiteness
+    source = store.load("src", 1, encoder.info)
+    for key, tensor in source.adapter.items():
+        assert torch.equal(loaded.adapter[key], tensor)
+    assert store.import_bytes("again", stored, encoder.info).version == 1

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse
+from pydantic import AfterValidator
 from starlette.datastructures import UploadFile
 
 from app.api.auth import AdminScope
@@ -24,19 +25,26 @@ from app.errors import InvalidInputError
 from app.schemas.adapters import (
     AdapterDetail,
     AdapterList,
-    AdapterSummary,
     DeleteResult,
     ReloadResult,
+    decode_cursor,
 )
 
 router = APIRouter(prefix="/adapters", tags=["adapters"], responses=responses(503))
 VersionQuery = Annotated[int | None, Query(ge=1, description="A version; default the newest.")]
+LimitQuery = Annotated[int, Query(ge=1, le=1000, description="Adapters on one page.")]
+CursorQuery = Annotated[str | None, Query(max_length=100, description="`next_cursor` of the "
+                                          "previous page."), AfterValidator(decode_cursor)]
+PrefixQuery = Annotated[str, Query(max_length=64, pattern=r"^[a-z0-9_-]*$",
+                                   description="Only names that start with this.")]
 ERRORS = responses(404, 422)
 
 
-@router.get("", response_model=AdapterList)
-def list_adapters(services: ServicesDep) -> AdapterList:
-    return AdapterList(adapters=[AdapterSummary.of(i) for i in services.adapters.overview()])
+@router.get("", response_model=AdapterList, responses=responses(422))
+def list_adapters(services: ServicesDep, limit: LimitQuery = 100, cursor: CursorQuery = None,
+                  prefix: PrefixQuery = "") -> AdapterList:
+    """Adapters in name order, a page at a time, from the store's index."""
+    return AdapterList.of(services.adapters.overview(limit, cursor or "", prefix))
 
 
 @router.post("/reload", response_model=ReloadResult, dependencies=[AdminScope])

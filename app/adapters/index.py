@@ -1,0 +1,345 @@
+"""The store's index: one SQLite row per visible version, and a change log that pollers follow.
+
+Why SQLite rather than a manifest file: several processes write the store at once (the server,
+training workers, the CLI). SQLite gives each write a small transaction under a lock that the
+kernel drops when its holder dies, so no writer rewrites a 10,000-entry manifest per import, and
+in WAL mode readers never block writers. Every write appends to a change log whose last sequence
+number is the store's generation: a poller asks "what changed since generation g?" with one
+indexed query, O(1) when nothing did and O(changes) otherwise.
+
+The files stay the truth. The index is rebuilt from them when it is missing, corrupt, of
+another format or was never filled, and `rescan` (the slow periodic rescan) repairs what it may
+miss: a version whose writer died between its rename and its index update, or one copied into
+place by hand. Every decision of a rescan is checked again by a stat inside the write
+transaction, so a rescan racing a writer in another process never undoes that writer's update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import logging
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from app.constants import INDEX_FILE, INDEX_FORMAT
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+Stamp = tuple[int, int]  # (mtime_ns, size) of a version's weights: changes when they are replaced
+T = TypeVar("T")
+
+KEEP_CHANGES = 10_000  # change log entries kept; a poller further behind reads everything
+CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (not in the type stubs)
+SCHEMA = """
+DROP TABLE IF EXISTS versions;
+DROP TABLE IF EXISTS changes;
+DROP TABLE IF EXISTS meta;
+CREATE TABLE versions (
+    name TEXT NOT NULL, version INTEGER NOT NULL, task_type TEXT NOT NULL, labels TEXT NOT NULL,
+    created_at TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, PRIMARY KEY (name, version)) WITHOUT ROWID;
+CREATE TABLE changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
+    mtime_ns INTEGER, size INTEGER);  -- NULL stamp: the version was removed
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """What listing and routing need of one version, without reading its files."""
+
+    name: str
+    version: int
+    task_type: str
+    labels: tuple[str, ...]
+    created_at: str
+    sha256: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> Key:
+        return self.name, self.version
+
+    @property
+    def stamp(self) -> Stamp:
+        return self.mtime_ns, self.size
+
+
+@dataclass(frozen=True)
+class NameSummary:
+    """One adapter name for a listing: its versions and what its newest version is."""
+
+    name: str
+    versions: list[int]
+    task_type: str
+    labels: list[str]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A point in the store's history: the index file's epoch and its last change."""
+
+    epoch: str = ""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed since a generation: key -> new stamp (None: removed).
+
+    `complete`: the poller was too far behind (or the index was rebuilt), so `stamps` holds every
+    version and a key absent from it is gone.
+    """
+
+    generation: Generation
+    stamps: dict[Key, Stamp | None]
+    complete: bool
+
+
+class IndexSource(Protocol):
+    """The files the index describes (the store)."""
+
+    def snapshot(self) -> dict[Key, Stamp]: ...
+
+    def stamp_of(self, key: Key) -> Stamp | None: ...
+
+    def index_row(self, key: Key) -> IndexRow | None: ...
+
+
+class StoreIndex:
+    """`root/.index.sqlite3`: the versions, and a change log (see the module docstring)."""
+
+    def __init__(self, root: Path, source: IndexSource) -> None:
+        self.path = Path(root) / INDEX_FILE
+        self._source = source
+        self._lock = threading.RLock()  # one connection, shared by this process's threads
+        self._conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None
+        self._built_now = False
+
+    # ------------------------------------------------------------------------------ queries
+    def changes_since(self, since: Generation) -> Changes:
+        return self._run(lambda db: _changes_since(db, since))
+
+    def page(self, after: str, prefix: str, limit: int) -> list[NameSummary]:
+        """Up to `limit` names after `after` (in name order) that start with `prefix`."""
+        return self._run(lambda db: _page(db, after, prefix, limit))
+
+    # ------------------------------------------------------------------------------ changes
+    def put(self, row: IndexRow) -> None:
+        """Record a version its writer has just renamed into place."""
+        self._run(lambda db: self._correct_all(db, {row.key: row}))
+
+    def remove(self, keys: list[Key]) -> None:
+        """Record versions their deleter has just renamed away."""
+        self._run(lambda db: self._correct_all(db, dict.fromkeys(keys)))
+
+    def rescan(self) -> int:
+        """Bring the index in line with the files; returns how many versions it corrected."""
+        return self._run(lambda db: 0 if self._built_now else self._reconcile(db))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn, self._file_id = None, None
+
+    # --------------------------------------------------------------------------- internals
+    def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            self._built_now = False  # set by _db() when it had to build the index
+            try:
+                return op(self._db())
+            except sqlite3.DatabaseError as exc:
+                if getattr(exc, "sqlite_errorcode", None) not in CORRUPT:
+                    raise
+                log.warning("store index %s is corrupt (%s): rebuilding it from the files",
+                            self.path, exc)
+                self._discard()
+                return op(self._db())
+
+    def _db(self) -> sqlite3.Connection:
+        """The open index; reopened when another process replaced the file, filled when new."""
+        if self._conn is not None and _file_id(self.path) == self._file_id:
+            return self._conn
+        self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        self._file_id = _file_id(self.path)  # what _discard removes if this one is corrupt
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # the files are durable; this is derived
+            if conn.execute("PRAGMA user_version").fetchone()[0] != INDEX_FORMAT:
+                _create(conn)
+            if _meta(conn, "complete") != "1":
+                log.info("building the store index %s from the files", self.path)
+                self._reconcile(conn)
+                self._built_now = True
+        except BaseException:
+            conn.close()  # half opened: the next call starts again
+            raise
+        self._conn = conn
+        return conn
+
+    def _discard(self) -> None:
+        """Remove a corrupt index file, unless another process has replaced it already."""
+        seen = self._file_id
+        self.close()
+        with open(self.path.with_name(INDEX_FILE + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if seen is not None and _file_id(self.path) != seen:
+                return
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.path}{suffix}")
+
+    def _reconcile(self, db: sqlite3.Connection) -> int:
+        on_disk = self._source.snapshot()
+        indexed = _stamps(db)
+        suspects = {k for k, s in on_disk.items() if indexed.get(k) != s} | (
+            indexed.keys() - on_disk.keys())
+        # Read before taking the write lock, so other processes' writers are not held up.
+        read = {k: self._source.index_row(k) for k in suspects if k in on_disk}
+        fixed = self._correct_all(db, {k: read.get(k) for k in suspects})
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
+        if fixed:
+            log.info("store index: %d versions corrected from the files", fixed)
+        return fixed
+
+    def _correct_all(self, db: sqlite3.Connection, rows: dict[Key, IndexRow | None]) -> int:
+        """Make each key's row match its files as they are now, under the write lock.
+
+        Checked again here because the caller looked earlier: a delete and a save of the same
+        number, or a rescan and a writer in another process, may have overtaken it meanwhile.
+        """
+        with _transaction(db):
+            return sum(self._correct(db, key, rows[key]) for key in sorted(rows))
+
+    def _correct(self, db: sqlite3.Connection, key: Key, row: IndexRow | None) -> int:
+        stamp = self._source.stamp_of(key)  # now, not when the scan saw it
+        current = _stamp(db, key)
+        if stamp is None:
+            return _delete(db, key)
+        if row is None or row.stamp != stamp:
+            row = self._source.index_row(key)  # written or replaced since the scan read it
+        if row is None or row.stamp == current:
+            return 0
+        _upsert(db, row)
+        return 1
+
+
+# ---------------------------------------------------------------------------- SQL helpers
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")  # the write lock now, so what is read next stays true
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _create(db: sqlite3.Connection) -> None:
+    """A new, empty index of this format, with a new epoch (pollers will read everything)."""
+    with _transaction(db):
+        if db.execute("PRAGMA user_version").fetchone()[0] == INDEX_FORMAT:
+            return  # another process created it meanwhile
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("INSERT INTO meta VALUES ('epoch', ?), ('complete', '0')",
+                   (uuid.uuid4().hex,))
+        db.execute(f"PRAGMA user_version = {INDEX_FORMAT}")
+
+
+def _meta(db: sqlite3.Connection, key: str) -> str | None:
+    found = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if found is None else str(found[0])
+
+
+def _upsert(db: sqlite3.Connection, row: IndexRow) -> None:
+    db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (row.name, row.version, row.task_type, json.dumps(list(row.labels)),
+                row.created_at, row.sha256, row.size, row.mtime_ns))
+    _log_change(db, row.key, row.stamp)
+
+
+def _delete(db: sqlite3.Connection, key: Key) -> int:
+    if db.execute("DELETE FROM versions WHERE name = ? AND version = ?", key).rowcount == 0:
+        return 0
+    _log_change(db, key, None)
+    return 1
+
+
+def _log_change(db: sqlite3.Connection, key: Key, stamp: Stamp | None) -> None:
+    mtime_ns, size = stamp or (None, None)
+    seq = db.execute("INSERT INTO changes (name, version, mtime_ns, size) VALUES (?, ?, ?, ?)",
+                     (*key, mtime_ns, size)).lastrowid
+    db.execute("DELETE FROM changes WHERE seq <= ?", ((seq or 0) - KEEP_CHANGES,))
+
+
+def _stamp(db: sqlite3.Connection, key: Key) -> Stamp | None:
+    found = db.execute("SELECT mtime_ns, size FROM versions WHERE name = ? AND version = ?",
+                       key).fetchone()
+    return None if found is None else (found[0], found[1])
+
+
+def _stamps(db: sqlite3.Connection) -> dict[Key, Stamp]:
+    return {(n, v): (m, s) for n, v, m, s in
+            db.execute("SELECT name, version, mtime_ns, size FROM versions")}
+
+
+def _changes_since(db: sqlite3.Connection, since: Generation) -> Changes:
+    db.execute("BEGIN")  # one snapshot: the epoch, the log and (when needed) every version
+    try:
+        epoch = _meta(db, "epoch") or ""
+        if epoch == since.epoch:
+            found = db.execute("SELECT seq, name, version, mtime_ns, size FROM changes "
+                               "WHERE seq > ? ORDER BY seq", (since.seq,)).fetchall()
+            if not found or found[0][0] == since.seq + 1:  # else: pruned past `since`
+                seq = found[-1][0] if found else since.seq
+                stamps = {(n, v): (None if m is None else (m, s)) for _, n, v, m, s in found}
+                return Changes(Generation(epoch, seq), stamps, complete=False)
+        last = db.execute("SELECT max(seq) FROM changes").fetchone()[0] or 0
+        return Changes(Generation(epoch, last), dict(_stamps(db)), complete=True)
+    finally:
+        db.execute("COMMIT")
+
+
+def _page(db: sqlite3.Connection, after: str, prefix: str, limit: int) -> list[NameSummary]:
+    # Names are [a-z0-9_-]: every name that starts with `prefix` sorts below prefix + "~".
+    rows = db.execute(
+        "WITH page AS (SELECT DISTINCT name FROM versions WHERE name > ? AND name >= ? "
+        "AND name < ? ORDER BY name LIMIT ?) "
+        "SELECT name, version, task_type, labels, created_at FROM versions "
+        "WHERE name IN page ORDER BY name, version", (after, prefix, prefix + "~", limit))
+    out = []
+    for name, group in itertools.groupby(rows, key=lambda row: row[0]):
+        found = list(group)
+        _, _, task_type, labels, created_at = found[-1]  # the newest version describes the name
+        out.append(NameSummary(name, [row[1] for row in found], task_type, json.loads(labels),
+                               created_at))
+    return out
