@@ -136,4 +136,5 @@ def generate(host: str, port: int, concurrency: int, requests: int, tasks: list[
         jobs = [(task, rng.choice(texts)) for task in rng.choices(tasks, weights, k=requests)]
     result = asyncio.run(_run(host, port, concurrency, jobs, expected))
     return {"latencies": result.latencies, "statuses": result.statuses,
-            "mismatched": result.mismatched, "wall": result.wall}
+            "mismatched": result.mismatched, "wall": result.wall,
+            "cpu_s": time.process_time()}  # the whole process's: it exists for this call
