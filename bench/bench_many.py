@@ -2,7 +2,7 @@
 on disk and the tasks in the traffic grow from a few to 1,000 (and 10,000).
 
     python -m bench.bench_many --data ../shared/data [--adapters 1000] [--distinct 8]
-        [--clients 64] [--requests 1000] [--with-10k] [--setting KEY=VALUE ...]
+        [--clients 64] [--requests 1000] [--with-10k [--large 10000]] [--setting KEY=VALUE]
 
 The server: uvicorn, one worker (bench/server.py), the embedded MiniLM, its own temporary
 ADAPTERS_DIR and the service's default settings (the store polled every STORE_POLL_SECONDS,
@@ -19,7 +19,8 @@ sample of --sentences distinct dev sentences).
    K originals included; then the idle server's CPU is measured over --idle-seconds.
 4. (b) the same one task with N on disk; (c) every request to one of the N names, uniformly at
    random; (d) Zipf(s=1) popularity over the N (the name of each rank drawn at random).
-5. With --with-10k: imports up to M = 10,000 names, idle CPU again, and (e) uniform over the M.
+5. With --with-10k: imports up to M (--large, 10,000) names, idle CPU again, and (e) uniform
+   over the M. Not run by default: imports take time today (their cost grows with N).
 Every case has its own warm-up (--warmup requests), then --requests requests: requests/s, p50/p99
 latency, statuses, mismatched answers (an answer must equal, within 1e-4, what the name's
 original adapter answered for that sentence in step 1), cold loads and evictions during the case
@@ -65,11 +66,13 @@ from bench.server import Server
 
 HOST = "127.0.0.1"
 TEN_K = 10_000
+MAX_NAMES = 99_999  # copies are named copy-NNNNN
 PREDICT_CHUNK = 32  # sentences per request when recording the expected answers
 LOADS, EVICTIONS = "adapter_serve_adapter_loads", "adapter_serve_adapter_evictions"
 RSS, CPU = "process_resident_memory_bytes", "process_cpu_seconds"
 STORED = "adapter_serve_adapters_stored"
 MIB = 2**20
+QUIET_SHARE = 0.05  # of the machine's CPU taken by other processes during a case
 # What bench/server.py sets for the other benchmarks, put back to the service default here.
 DEFAULTED = {"STORE_POLL_SECONDS": "store_poll_seconds", "MAX_QUEUE_ROWS": "max_queue_rows"}
 
@@ -248,9 +251,9 @@ def run(server: Server, client: httpx.Client, sources: list[str], texts: list[st
                       ("d_zipf_n", zipf(names, args.seed))):
         cases[key] = run_case(server, case, texts, expected, args, args.seed)
     if args.with_10k:
-        import_copies(client, files, source_of, TEN_K, import_seconds)
+        import_copies(client, files, source_of, args.large, import_seconds)
         idle.append(idle_cpu(server.url, args.idle_seconds))
-        cases["e_uniform_10k"] = run_case(server, Case("uniform", list(source_of)), texts,
+        cases["e_uniform_m"] = run_case(server, Case("uniform", list(source_of)), texts,
                                           Expected(source_of, answers), args, args.seed)
     return {"adapters": {"kind": "random (bench.common.save_random_adapters), not trained",
                          "distinct": len(sources), "file_bytes": len(files[sources[0]]),
@@ -276,8 +279,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         "d/a requests_per_s": check(rate("d_zipf_n"), ">=", 0.95),
         "p99 c/a": check(cases["c_uniform_n"]["p99_ms"] / a["p99_ms"], "<=", 1.5),
     }
-    if "e_uniform_10k" in cases:
-        out["e/a requests_per_s"] = check(rate("e_uniform_10k"), ">=", 0.80)
+    if "e_uniform_m" in cases:
+        out["e/a requests_per_s"] = check(rate("e_uniform_m"), ">=", 0.80)
     most = result["idle_cpu"][-1]  # the most adapters on disk measured
     out["idle cpu share of a core"] = {**check(most["cpu_share_of_a_core"], "<", 0.01),
                                        "adapters_on_disk": most["adapters_on_disk"]}
@@ -296,15 +299,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sentences", type=int, default=256, help="distinct dev sentences")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--with-10k", action="store_true",
-                        help="also (e): import up to 10,000 names, uniform traffic over them")
+                        help="also (e): import up to M names, uniform traffic over them")
+    parser.add_argument("--large", type=int, default=TEN_K, help="M: names on disk in (e)")
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="a server setting (environment variable); repeatable")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8768)
     args = parser.parse_args(argv)
-    if not 1 <= args.distinct <= args.adapters <= TEN_K:
+    if not 1 <= args.distinct <= args.adapters <= args.large <= MAX_NAMES:
         parser.error(f"need 1 <= --distinct ({args.distinct}) <= --adapters ({args.adapters}) "
-                     f"<= {TEN_K}")
+                     f"<= --large ({args.large}) <= {MAX_NAMES}")
     return args
 
 
@@ -326,6 +330,11 @@ def main(argv: list[str] | None = None) -> None:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     emit({"benchmark": "many_adapters", "machine": machine, "config": config,
           "server_settings": settings, **result, "targets": targets(result),
+          # Other processes' CPU use distorts the ratios: trust a missed target only from a
+          # quiet run.
+          "machine_quiet": all(c["cpu"]["others_share"] is not None
+                               and c["cpu"]["others_share"] < QUIET_SHARE
+                               for c in result["cases"].values()),
           "all_answers_right": all(c["mismatched"] == 0 and set(c["statuses"]) == {"200"}
                                    for c in result["cases"].values())})
 
