@@ -291,14 +291,6 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def per_cpu_ratios(cases: dict[str, Any]) -> dict[str, float]:
-    """Each case's requests per server CPU second over (a)'s: what the ratios would be with the
-    CPU to itself, a cross-check of the targets when the machine was not quiet."""
-    a = cases["a_one_task_few_on_disk"]["requests_per_server_cpu_s"]
-    return {f"{key[0]}/a": round(c["requests_per_server_cpu_s"] / a, 4)
-            for key, c in cases.items() if not key.startswith("a_")}
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
@@ -341,7 +333,6 @@ def main(argv: list[str] | None = None) -> None:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     emit({"benchmark": "many_adapters", "machine": machine, "config": config,
           "server_settings": settings, **result, "targets": targets(result),
-          "ratios_per_server_cpu_s": per_cpu_ratios(result["cases"]),
           # Other processes' CPU use distorts the ratios: trust a missed target only from a
           # quiet run.
           "machine_quiet": all(c["cpu"]["others_share"] is not None
