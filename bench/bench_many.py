@@ -202,10 +202,7 @@ def run_case(server: Server, case: Case, texts: list[str], expected: Expected,
                        seed)
         after = scrape_metrics(server.url)
     row = {"names": len(case.tasks), **case_row(raw, before, after)}
-    server_s = after[CPU] - before[CPU]
-    row["cpu"] = cpu_use(mon.result, server_s, raw["cpu_s"] - warm["cpu_s"])
-    # Less sensitive than requests/s to other processes on a shared machine.
-    row["requests_per_server_cpu_s"] = round(len(raw["latencies"]) / server_s, 1)
+    row["cpu"] = cpu_use(mon.result, after[CPU] - before[CPU], raw["cpu_s"] - warm["cpu_s"])
     log.info("case %s: %s req/s, p50 %s ms, p99 %s ms, %s cold loads, %d mismatched",
              case.name, row["requests_per_s"], row["p50_ms"], row["p99_ms"], row["cold_loads"],
              row["mismatched"])
@@ -257,7 +254,7 @@ def run(server: Server, client: httpx.Client, sources: list[str], texts: list[st
         import_copies(client, files, source_of, args.large, import_seconds)
         idle.append(idle_cpu(server.url, args.idle_seconds))
         cases["e_uniform_m"] = run_case(server, Case("uniform", list(source_of)), texts,
-                                        Expected(source_of, answers), args, args.seed)
+                                          Expected(source_of, answers), args, args.seed)
     return {"adapters": {"kind": "random (bench.common.save_random_adapters), not trained",
                          "distinct": len(sources), "file_bytes": len(files[sources[0]]),
                          "answers_distinguishable": distinguishable(answers)},
