@@ -254,7 +254,7 @@ def run(server: Server, client: httpx.Client, sources: list[str], texts: list[st
         import_copies(client, files, source_of, args.large, import_seconds)
         idle.append(idle_cpu(server.url, args.idle_seconds))
         cases["e_uniform_m"] = run_case(server, Case("uniform", list(source_of)), texts,
-                                          Expected(source_of, answers), args, args.seed)
+                                        Expected(source_of, answers), args, args.seed)
     return {"adapters": {"kind": "random (bench.common.save_random_adapters), not trained",
                          "distinct": len(sources), "file_bytes": len(files[sources[0]]),
                          "answers_distinguishable": distinguishable(answers)},
