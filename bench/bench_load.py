@@ -36,7 +36,7 @@ from app.adapters.store import AdapterStore
 from app.model.encoder import FrozenEncoder
 from app.tasks import HeadConfig
 from bench.common import emit, log, machine_info, percentile, save_random_adapters, setup_logging
-from bench.loadgen import Connection
+from bench.loadgen import Connection, same_answer
 from bench.server import Server
 from tests.tiny import WORDS, build_tiny_bert
 
@@ -52,7 +52,6 @@ OPTIONS = {"ner": {"return_tokens": True}}  # every word's tag and score: a fine
 CHURN_SOURCE = "cls-a"  # what a throwaway name is imported from, so it must answer the same
 TRAINED = "trained"
 MAX_INPUTS = 4  # per prediction request
-TOLERANCE = 1e-4  # on numbers: batch composition moves the last bits of a float
 REQUEST_TIMEOUT_S = 120.0  # an answer not back by then counts as lost
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -78,17 +77,6 @@ def make_pool(task_type: str, size: int, rng: random.Random) -> list[Any]:
 
 def predict_body(task: str, items: list[Any]) -> bytes:
     return json.dumps({"inputs": items, **OPTIONS.get(task, {})}).encode()
-
-
-def same_answer(a: Any, b: Any) -> bool:
-    """Equal JSON, numbers within TOLERANCE."""
-    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
-        return abs(a - b) <= TOLERANCE
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_answer(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same_answer(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def distinguishable(pool: list[Any], expected: list[Any]) -> list[int]:

@@ -9,6 +9,7 @@ import platform
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -131,6 +132,22 @@ def latency_ms(seconds: Sequence[float]) -> dict[str, float]:
     ms = [s * 1000 for s in seconds]
     return {"median_ms": round(statistics.median(ms), 3), "p90_ms": round(percentile(ms, 90), 3),
             "min_ms": round(min(ms), 3), "max_ms": round(max(ms), 3), "samples": len(ms)}
+
+
+# ---------------------------------------------------------------------------- server metrics
+def scrape_metrics(url: str) -> dict[str, float]:
+    """The samples without labels of the Prometheus text at `url`/metrics, by name (counters
+    under both `x_total` and `x`, as clients read them either way)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line.startswith("#") or "{" in name or not value:
+            continue
+        samples[name] = float(value)
+        samples.setdefault(name.removesuffix("_total"), float(value))
+    return samples
 
 
 # ----------------------------------------------------------------------------------- machine

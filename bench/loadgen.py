@@ -1,7 +1,8 @@
 """A light HTTP/1.1 client (raw asyncio sockets, keep-alive) and load generator for POST /predict.
 
 Runs in its own process so that its CPU does not count as the server's; it parses only the
-status line, Content-Length and the "task" field, and checks each answer belongs to its request.
+status line, Content-Length and the "task" field, and checks each answer belongs to its request
+(and, given the expected answers, that it is the right one).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+TOLERANCE = 1e-4  # on numbers: batch composition moves the last bits of a float
+
 
 @dataclass
 class LoadResult:
@@ -20,6 +23,29 @@ class LoadResult:
     statuses: dict[int, int] = field(default_factory=dict)
     mismatched: int = 0  # answers for another task or with the wrong number of predictions
     wall: float = 0.0
+
+
+def same_answer(a: Any, b: Any) -> bool:
+    """Equal JSON, numbers within TOLERANCE."""
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return abs(a - b) <= TOLERANCE
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_answer(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_answer(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The right answer of every (task, text): the one its source adapter gives, where tasks
+    are imported copies of a few sources (a task absent from `source` is its own source)."""
+
+    source: dict[str, str]  # task -> the adapter it is a copy of
+    answers: dict[str, dict[str, Any]]  # source -> text -> its one prediction
+
+    def matches(self, task: str, text: str, prediction: Any) -> bool:
+        return same_answer(prediction, self.answers[self.source.get(task, task)][text])
 
 
 def http_request(host: str, method: str, path: str, body: bytes = b"",
@@ -67,7 +93,7 @@ class Connection:
 
 
 async def _client(host: str, port: int, jobs: list[tuple[str, str]], cursor: list[int],
-                  result: LoadResult) -> None:
+                  result: LoadResult, expected: Expected | None) -> None:
     conn = Connection(host, port)
     try:
         while cursor[0] < len(jobs):
@@ -80,26 +106,35 @@ async def _client(host: str, port: int, jobs: list[tuple[str, str]], cursor: lis
             result.statuses[status] = result.statuses.get(status, 0) + 1
             if status == 200:
                 answer = json.loads(body)
-                if answer["task"] != task or len(answer["predictions"]) != 1:
+                if answer["task"] != task or len(answer["predictions"]) != 1 or (
+                        expected and not expected.matches(task, text, answer["predictions"][0])):
                     result.mismatched += 1
                 result.latencies.append(elapsed)
     finally:
         conn.close()
 
 
-async def _run(host: str, port: int, concurrency: int, jobs: list[tuple[str, str]]) -> LoadResult:
+async def _run(host: str, port: int, concurrency: int, jobs: list[tuple[str, str]],
+               expected: Expected | None = None) -> LoadResult:
     result, cursor = LoadResult(), [0]
     t0 = time.perf_counter()
-    await asyncio.gather(*(_client(host, port, jobs, cursor, result) for _ in range(concurrency)))
+    await asyncio.gather(*(_client(host, port, jobs, cursor, result, expected)
+                           for _ in range(concurrency)))
     result.wall = time.perf_counter() - t0
     return result
 
 
 def generate(host: str, port: int, concurrency: int, requests: int, tasks: list[str],
-             texts: list[str], seed: int) -> dict[str, Any]:
-    """Process entry point: `requests` requests, each one random text for one random task."""
+             texts: list[str], seed: int, weights: list[float] | None = None,
+             expected: Expected | None = None) -> dict[str, Any]:
+    """Process entry point: `requests` requests, each one random text for one random task
+    (uniform, or in proportion to `weights`); with `expected`, every answer is compared to it."""
     rng = random.Random(seed)
-    jobs = [(rng.choice(tasks), rng.choice(texts)) for _ in range(requests)]
-    result = asyncio.run(_run(host, port, concurrency, jobs))
+    if weights is None:
+        jobs = [(rng.choice(tasks), rng.choice(texts)) for _ in range(requests)]
+    else:
+        jobs = [(task, rng.choice(texts)) for task in rng.choices(tasks, weights, k=requests)]
+    result = asyncio.run(_run(host, port, concurrency, jobs, expected))
     return {"latencies": result.latencies, "statuses": result.statuses,
-            "mismatched": result.mismatched, "wall": result.wall}
+            "mismatched": result.mismatched, "wall": result.wall,
+            "cpu_s": time.process_time()}  # the whole process's: it exists for this call
