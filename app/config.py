@@ -32,8 +32,24 @@ class Settings(BaseSettings):
 
     # --- adapter store and registry ---------------------------------------------------------
     adapters_dir: Path = Field(Path("adapters_store"), description="Where adapter versions live.")
+    device_adapter_bytes: int | None = Field(
+        None, ge=0, description="Bytes of adapters (bank slots and heads) kept on the device; "
+        "least recently used are evicted. Unset: on a GPU a quarter of its free memory after the "
+        "base is loaded; on a CPU, where the device is host memory, HOST_ADAPTER_BYTES."
+    )
+    host_adapter_bytes: int | None = Field(
+        None, ge=0, description="Bytes of verified, decoded adapters kept in host memory, so "
+        "that one evicted from a GPU comes back without a disk read. Unset: half the memory "
+        "available at start-up. On a CPU it sizes the one memory tier (the bank), unless "
+        "DEVICE_ADAPTER_BYTES is set."
+    )
     max_resident_adapters: int = Field(
-        64, ge=1, description="Adapters kept on the device at once; least recently used are evicted."
+        0, ge=0, description="At most this many adapters on the device besides the byte budget; "
+        "0 = the bytes decide alone."
+    )
+    preload_adapters: bool = Field(
+        True, description="Fill the memory tiers with stored adapters in the background (newest "
+        "first, at low priority, never evicting), so first requests need no disk read."
     )
     store_poll_seconds: float = Field(
         2.0, ge=0, description="How often the store's index is checked for adapters other "

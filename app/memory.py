@@ -1,4 +1,5 @@
-"""Hand freed heap memory back to the OS. Under a steady load of tensors of varying sizes,
+"""Host memory: what is available (the adapter tiers' default budgets derive from it), and
+handing freed heap memory back to the OS. Under a steady load of tensors of varying sizes,
 glibc keeps freed blocks in its per-thread arenas, so a server's resident memory creeps up
 although nothing leaks (measured by bench/bench_load.py: +15 MiB/min without, flat with)."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -34,3 +36,43 @@ def can_trim() -> bool:
 def trim() -> bool:
     """Release free heap pages; True when some were returned."""
     return bool(_malloc_trim(0)) if _malloc_trim is not None else False
+
+
+def available_bytes() -> int:
+    """Memory this process can still use without swapping: the machine's MemAvailable, or less
+    when a cgroup (a container's memory limit) leaves less."""
+    available = _meminfo_available()
+    room = _cgroup_room()
+    return min(available, room) if room is not None else available
+
+
+def _meminfo_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _cgroup_room() -> int | None:
+    """limit - usage of this process's cgroup (v2, else v1); None when unlimited or unknown."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 1 << 60:  # v1 writes a huge number for "no limit"
+            return None
+        return max(0, int(limit) - usage)
+    return None

@@ -15,7 +15,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.status import DeviceMemory, ServiceStatus
+from app.status import AdapterResidency, DeviceMemory, ServiceStatus
 
 NAMESPACE = "adapter_serve"
 EVENTS = CollectorRegistry()  # process-wide: one service per process
@@ -40,6 +40,10 @@ BATCH_TOKENS = Histogram("batch_padded_tokens", "Padded tokens (rows x longest) 
 BATCH_ADAPTERS = Histogram("batch_adapters", "Distinct adapters in one forward pass.",
                            namespace=NAMESPACE, registry=EVENTS,
                            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64))
+ADAPTER_COLD_LOAD_SECONDS = Histogram(
+    "adapter_cold_load_seconds", "Reading one adapter version from disk: read, sha256, header "
+    "check, decode.", namespace=NAMESPACE, registry=EVENTS,
+    buckets=(.001, .002, .004, .008, .015, .03, .06, .12, .25, .5, 1, 2))
 BATCH_SECONDS = Histogram("batch_forward_seconds", "Time of one forward pass, decode included.",
                           namespace=NAMESPACE, registry=EVENTS, buckets=LATENCY_BUCKETS)
 
@@ -54,13 +58,7 @@ class ServiceCollector(Collector):
         s = self.snapshot()
         yield _gauge("queue_rows", "Rows waiting for a forward pass.", s.queue_rows)
         yield _gauge("adapters_stored", "Adapter names in the store.", s.adapters_stored)
-        yield _gauge("adapters_resident", "Adapter versions loaded on the device.",
-                     s.adapters_resident)
-        yield _gauge("adapters_resident_capacity", "MAX_RESIDENT_ADAPTERS.", s.adapters_capacity)
-        yield CounterMetricFamily(f"{NAMESPACE}_adapter_loads", "Adapter versions loaded onto "
-                                  "the device.", value=s.adapter_loads)
-        yield CounterMetricFamily(f"{NAMESPACE}_adapter_evictions", "Adapter versions evicted "
-                                  "to make room (LRU).", value=s.adapter_evictions)
+        yield from _residency(s.residency)
         jobs = GaugeMetricFamily(f"{NAMESPACE}_training_jobs", "Training jobs by status.",
                                  labels=["status"])
         for status, n in sorted(s.jobs.items()):
@@ -75,6 +73,39 @@ class ServiceCollector(Collector):
         yield _gauge("training_workers", "Live training worker processes.", s.workers_alive)
         if s.device_memory is not None:
             yield from _device_memory(s.device_memory)
+
+
+def _residency(r: AdapterResidency) -> Iterator[Metric]:
+    yield _gauge("adapters_resident", "Adapter versions on the device.", r.device.adapters)
+    tiers = {"device": r.device, "host": r.host}
+    for name, doc, field in (
+            ("tier_adapters", "Adapter versions held in a memory tier.", "adapters"),
+            ("tier_bytes", "Bytes of the adapters held in a memory tier.", "bytes"),
+            ("tier_budget_bytes", "DEVICE_ADAPTER_BYTES / HOST_ADAPTER_BYTES.", "budget")):
+        family = GaugeMetricFamily(f"{NAMESPACE}_{name}", doc, labels=["tier"])
+        for tier, state in tiers.items():
+            family.add_metric([tier], getattr(state, field))
+        yield family
+    lookups = CounterMetricFamily(f"{NAMESPACE}_adapter_lookups", "Requests' adapter lookups "
+                                  "by the tier that held the adapter (disk: a cold load).",
+                                  labels=["tier"])
+    for tier, n in sorted(r.lookups.items()):
+        lookups.add_metric([tier], n)
+    yield lookups
+    yield _gauge("adapter_hit_ratio", "Share of lookups answered from a memory tier since the "
+                 "start.", r.hit_ratio)
+    yield CounterMetricFamily(f"{NAMESPACE}_adapter_cold_loads", "Adapter versions read from "
+                              "disk.", value=r.cold_loads)
+    yield CounterMetricFamily(f"{NAMESPACE}_adapter_hot_path_loads", "Cold loads made by a batch "
+                              "(its adapter was evicted after the request prefetched it).",
+                              value=r.hot_path_loads)
+    yield CounterMetricFamily(f"{NAMESPACE}_adapter_loads", "Adapter versions put on the device "
+                              "(from host memory or disk).", value=r.promotions)
+    evictions = CounterMetricFamily(f"{NAMESPACE}_adapter_evictions", "Adapter versions evicted "
+                                    "from a memory tier to make room (LRU).", labels=["tier"])
+    for tier, n in sorted(r.evictions.items()):
+        evictions.add_metric([tier], n)
+    yield evictions
 
 
 def _device_memory(memory: DeviceMemory) -> Iterator[Metric]:

@@ -14,6 +14,7 @@ from app import memory
 from app.adapters.registry import AdapterRegistry
 from app.adapters.service import AdapterService
 from app.adapters.store import AdapterStore
+from app.adapters.tiers import TierBudgets
 from app.config import Settings
 from app.model.encoder import FrozenEncoder
 from app.serving.batcher import Batcher, BatchLimits
@@ -46,8 +47,8 @@ class Services:
         store = AdapterStore(settings.adapters_dir)
         store.check_readable()
         store.clean_stale()
-        registry = AdapterRegistry(store, encoder, settings.max_resident_adapters)
-        registry.refresh(rescan=True)  # what changed while no server ran
+        registry = AdapterRegistry(store, encoder, tier_budgets(settings, encoder.device))
+        registry.refresh(rescan=True)  # what changed while no server ran; preloads start
         engine = InferenceEngine(encoder, registry)
         batcher: Batcher[Row] = Batcher(engine.run, lambda row: len(row.feature), BatchLimits(
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
@@ -81,10 +82,7 @@ class Services:
         return ServiceStatus(
             queue_rows=self.batcher.queued_rows,
             adapters_stored=registry.counts()[0],
-            adapters_resident=len(registry.resident_keys()),
-            adapters_capacity=registry.capacity,
-            adapter_loads=registry.stats.loads,
-            adapter_evictions=registry.stats.evictions,
+            residency=registry.residency(),
             jobs=self.jobs.counts(),
             running=tuple(_progress(job) for job in self.jobs.running()),
             workers_alive=self.jobs.workers_alive(),
@@ -111,6 +109,7 @@ class Services:
                 await task
         await self.jobs.stop()
         await self.batcher.stop()
+        await asyncio.to_thread(self.registry.close)
 
     async def _trim_memory(self) -> None:
         """Keep resident memory flat under load (see app.memory)."""
@@ -127,6 +126,31 @@ class Services:
                 await asyncio.to_thread(self.registry.refresh, rescan)
             except Exception:  # a bad moment on disk must not stop the polling
                 log.exception("store poll failed")
+
+
+def tier_budgets(settings: Settings, device: torch.device) -> TierBudgets:
+    """The memory tiers' budgets: as set, or derived from the memory free at start-up.
+
+    On a CPU the device is host memory: the bank is the only memory tier, sized by
+    DEVICE_ADAPTER_BYTES, else HOST_ADAPTER_BYTES, else half the available memory.
+    """
+    host = settings.host_adapter_bytes
+    if host is None:
+        host = memory.available_bytes() // 2
+    if device.type == "cuda":
+        dev = settings.device_adapter_bytes
+        if dev is None:
+            free, _ = torch.cuda.mem_get_info(device)
+            dev = free // 4
+    else:
+        dev = settings.device_adapter_bytes if settings.device_adapter_bytes is not None else host
+        host = 0
+    budgets = TierBudgets(device_bytes=dev, host_bytes=host,
+                          device_adapters=settings.max_resident_adapters,
+                          preload=settings.preload_adapters)
+    log.info("adapter memory: device tier %.0f MiB, host tier %.0f MiB%s", dev / 2**20,
+             host / 2**20, " (on CPU the bank is in host memory)" if device.type != "cuda" else "")
+    return budgets
 
 
 def _progress(job: Job) -> JobProgress:

@@ -24,15 +24,35 @@ class DeviceMemory:
 
 
 @dataclass(frozen=True)
+class TierState:
+    """One memory tier of the adapters: how many it holds, their bytes and its budget."""
+
+    adapters: int
+    bytes: int
+    budget: int
+
+
+@dataclass(frozen=True)
+class AdapterResidency:
+    """Where the adapters are held, and what lookups and loads have happened since the start."""
+
+    device: TierState
+    host: TierState
+    lookups: dict[str, int]  # request lookups by the tier that held the adapter: device/host/disk
+    hit_ratio: float  # share of lookups answered from a memory tier
+    cold_loads: int  # reads from disk (checksum, header check, decode)
+    hot_path_loads: int  # of those, made by a batch rather than the loader thread
+    promotions: int  # copies into the device tier
+    evictions: dict[str, int]  # by tier: device/host
+
+
+@dataclass(frozen=True)
 class ServiceStatus:
     """The state of the service at one moment."""
 
     queue_rows: int  # rows waiting for a forward pass
     adapters_stored: int  # names in the store
-    adapters_resident: int  # versions loaded on the device
-    adapters_capacity: int  # MAX_RESIDENT_ADAPTERS
-    adapter_loads: int  # since the start
-    adapter_evictions: int  # since the start
+    residency: AdapterResidency
     jobs: dict[str, int]  # training jobs by status; a status without jobs may be absent
     running: tuple[JobProgress, ...]
     workers_alive: int  # training worker processes

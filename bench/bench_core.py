@@ -30,6 +30,7 @@ import torch
 from app.adapters.index import Key
 from app.adapters.registry import AdapterRegistry
 from app.adapters.store import AdapterStore
+from app.adapters.tiers import TierBudgets
 from app.model.adapter import AdapterConfig, tensor_shapes
 from app.model.encoder import FrozenEncoder
 from app.model.tokenization import Feature
@@ -151,7 +152,7 @@ def sanity_check(encoder: FrozenEncoder, engine: InferenceEngine, registry: Adap
 def time_loads(store: AdapterStore, encoder: FrozenEncoder, capacity: int, warm: list[Key],
                measured: list[Key]) -> list[float]:
     """Seconds of `acquire` for each of `measured`, none resident beforehand (release after)."""
-    registry = AdapterRegistry(store, encoder, capacity=capacity)
+    registry = AdapterRegistry(store, encoder, TierBudgets(2**34, device_adapters=capacity))
     registry.refresh()
     for key in warm:  # code paths warmed, and the bank at its steady size for this capacity
         registry.release(registry.acquire(key))
@@ -220,7 +221,7 @@ def measure(encoder: FrozenEncoder, features: list[Feature], batches: list[list[
         keys = [(m.name, m.version) for m in
                 save_random_adapters(store, encoder, names, adapter_config, seed=args.seed)]
         log.info("stored %d random adapters in %s", len(keys), tmp)
-        registry = AdapterRegistry(store, encoder, capacity=64)
+        registry = AdapterRegistry(store, encoder, TierBudgets(2**34, device_adapters=64))
         registry.refresh()
         engine = InferenceEngine(encoder, registry)
         mixed_keys = keys[:args.mixed_adapters]

@@ -31,6 +31,7 @@ from fastapi.testclient import TestClient
 
 from app.adapters.registry import AdapterRegistry
 from app.adapters.store import AdapterStore
+from app.adapters.tiers import TierBudgets
 from app.config import Settings
 from app.constants import INDEX_FILE, METADATA_FILE, WEIGHTS_FILE
 from app.main import create_app
@@ -77,7 +78,7 @@ def first_start(root: Path, encoder: FrozenEncoder) -> dict[str, Any]:
     t0 = time.perf_counter()
     store = AdapterStore(root)
     store.clean_stale()
-    registry = AdapterRegistry(store, encoder, capacity=64)
+    registry = AdapterRegistry(store, encoder, TierBudgets(2**34, device_adapters=64))
     registry.refresh(rescan=True)
     built = time.perf_counter() - t0
     poll_cpu = cpu_seconds(registry.refresh, 500)

@@ -65,7 +65,8 @@ def make_adapter(encoder: FrozenEncoder) -> AdapterFactory:
 def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
     return Settings(base_model=str(tiny_model_dir), adapters_dir=tmp_path / "store",
                     store_poll_seconds=0, num_threads=1, max_inputs_per_request=8,
-                    max_text_chars=200, max_resident_adapters=4, batch_wait_ms=1)
+                    max_text_chars=200, max_resident_adapters=4, batch_wait_ms=1,
+                    preload_adapters=False)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from app.adapters.format import AdapterMetadata
 from app.adapters.index import NameSummary
 from app.adapters.registry import AdapterRegistry
 from app.adapters.store import AdapterStore
+from app.adapters.tiers import Tier
 from app.errors import PayloadTooLargeError
 
 
@@ -16,7 +17,7 @@ from app.errors import PayloadTooLargeError
 class AdapterInfo:
     meta: AdapterMetadata
     versions: list[int]
-    resident: bool
+    tier: Tier  # where this version is held now
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class AdapterService:
     def describe(self, name: str, version: int | None = None) -> AdapterInfo:
         key = self.registry.resolve(name, version)
         return AdapterInfo(self.registry.metadata(key), self.registry.versions(name),
-                           key in self.registry.resident_keys())
+                           self.registry.tier(key))
 
     def weights_path(self, name: str, version: int | None = None) -> tuple[Path, int]:
         name, v = self.registry.resolve(name, version)
@@ -55,7 +56,8 @@ class AdapterService:
                 f"adapter file of {len(data)} bytes exceeds the limit of {self.max_bytes}")
         meta = self.store.import_bytes(name, data, self.registry.encoder.info)
         self.registry.refresh()  # reads the one change the import made, no rescan
-        return AdapterInfo(meta, self.registry.versions(name), resident=False)
+        key = (name, meta.version)
+        return AdapterInfo(meta, self.registry.versions(name), self.registry.tier(key))
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
         return self.registry.delete(name, version)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -87,13 +87,17 @@ class AdapterDetail(BaseModel):
     created_at: str = Field(default_factory=str)  # always set from the stored metadata
     weights_sha256: str = ""
     versions: list[int] = Field(description="Every stored version of this name.")
-    resident: bool = Field(description="Whether this version is loaded on the device now.")
+    resident: bool = Field(description="Whether this version is on the device now (tier 'device').")
+    tier: Literal["device", "host", "disk"] = Field(
+        description="Where this version is held now: on the device (served at once), in host "
+        "memory (decoded, copied to the device on use) or only on disk (read, checked and "
+        "decoded on use).")
 
     @classmethod
     def of(cls, info: AdapterInfo) -> AdapterDetail:
         """The stored metadata of one version, with what the service knows about its name."""
         return cls.model_validate({**info.meta.model_dump(), "versions": info.versions,
-                                   "resident": info.resident})
+                                   "resident": info.tier == "device", "tier": info.tier.value})
 
 
 class DeleteResult(BaseModel):

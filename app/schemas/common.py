@@ -45,7 +45,7 @@ class Readiness(BaseModel):
         s = report.status
         return cls(status="ready" if report.ready else "degraded", base_model=report.base_model,
                    device=report.device, adapters=s.adapters_stored,
-                   resident_adapters=s.adapters_resident, queue_rows=s.queue_rows,
+                   resident_adapters=s.residency.device.adapters, queue_rows=s.queue_rows,
                    training=TrainingState(workers=s.workers_alive, running=s.jobs_in("running"),
                                           queued=s.jobs_in("queued")),
                    problems=list(report.problems))

@@ -10,7 +10,7 @@ import torch
 
 from app import metrics
 from app.adapters.index import Key
-from app.adapters.registry import AdapterRegistry, ResidentAdapter
+from app.adapters.registry import AdapterRegistry, DeviceTierFull, ResidentAdapter
 from app.errors import ServiceError
 from app.model.encoder import FrozenEncoder
 from app.model.tokenization import Feature
@@ -32,14 +32,35 @@ class InferenceEngine:
         self.registry = registry
 
     def run(self, rows: list[Row]) -> list[Prediction | Exception]:
-        """Per row: the head's decoded prediction, or the error of its adapter (others proceed)."""
+        """Per row: the head's decoded prediction, or the error of its adapter (others proceed).
+
+        One forward pass when the device tier holds every adapter of the batch at once (the
+        common case); otherwise the batch is cut into passes over as many adapters as fit.
+        """
         t0 = time.perf_counter()
-        entries: dict[Key, ResidentAdapter] = {}
         results: dict[int, Prediction | Exception] = {}
+        pending = list(dict.fromkeys(r.key for r in rows))
+        while pending:
+            pending = self._run_pass(rows, pending, results)
+        metrics.BATCH_ROWS.observe(len(rows))
+        metrics.BATCH_TOKENS.observe(len(rows) * max((len(r.feature) for r in rows), default=0))
+        metrics.BATCH_ADAPTERS.observe(len({r.key for r in rows}))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+        return [results[i] for i in range(len(rows))]
+
+    def _run_pass(self, rows: list[Row], keys: list[Key],
+                  results: dict[int, Prediction | Exception]) -> list[Key]:
+        """One forward pass over the rows of as many of `keys` as the device tier takes at once
+        (at least the first); returns the keys left for the next pass."""
+        entries: dict[Key, ResidentAdapter] = {}
+        left: list[Key] = []
         try:
-            for key in dict.fromkeys(r.key for r in rows):
+            for n, key in enumerate(keys):
                 try:
-                    entries[key] = self.registry.acquire(key)
+                    entries[key] = self.registry.acquire(key, force=not entries)
+                except DeviceTierFull:
+                    left = keys[n:]
+                    break
                 except ServiceError as exc:
                     for i, r in enumerate(rows):
                         if r.key == key:
@@ -50,11 +71,7 @@ class InferenceEngine:
         finally:
             for entry in entries.values():
                 self.registry.release(entry)
-        metrics.BATCH_ROWS.observe(len(rows))
-        metrics.BATCH_TOKENS.observe(len(rows) * max((len(r.feature) for r in rows), default=0))
-        metrics.BATCH_ADAPTERS.observe(len({r.key for r in rows}))
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
-        return [results[i] for i in range(len(rows))]
+        return left
 
     @torch.inference_mode()
     def _forward(self, rows: list[Row], entries: dict[Key, ResidentAdapter], positions: list[int],
@@ -65,6 +82,8 @@ class InferenceEngine:
         if on_gpu:  # pinned host memory makes the copy asynchronous
             batch = batch.pin_memory()
         batch = batch.to(enc.device, non_blocking=on_gpu)
+        for entry in entries.values():
+            entry.wait_copied()  # GPU: an adapter copied on the side stream is complete
         routing = self.registry.routing([entries[r.key].slot for r in rows])
         hidden = enc.forward(batch, routing)  # (B, T, H)
         groups: dict[Key, list[int]] = defaultdict(list)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from app import metrics
+from app.adapters.index import Key
 from app.adapters.registry import AdapterRegistry
 from app.errors import InvalidInputError, PayloadTooLargeError, RequestTimeoutError
-from app.model.tokenization import TextEncoder
+from app.model.tokenization import Feature, TextEncoder
 from app.serving.batcher import Batcher
 from app.serving.engine import Row
 from app.tasks import DecodeOptions, Prediction, TextInput, get_task
@@ -48,17 +50,24 @@ class PredictionService:
         task = get_task(self.registry.metadata(key).task_type)
         for n, item in enumerate(inputs):
             task.check_input(n, item, name)
+        loading = self.registry.prefetch(key)  # not on the device: the loader fetches it now
         features = await asyncio.to_thread(task.tokenize, self.tokenizer, inputs,
                                            self.limits.doc_stride)
         try:
-            rows = await asyncio.wait_for(
-                self.batcher.submit([Row(key, f, options) for f in features]),
-                self.limits.timeout_s)
+            rows = await asyncio.wait_for(self._submit(key, features, options, loading),
+                                          self.limits.timeout_s)
         except TimeoutError:
             raise RequestTimeoutError(
                 f"no answer within {self.limits.timeout_s:g} s (REQUEST_TIMEOUT_S); the service is "
                 f"overloaded or the request too large") from None
         return key[1], task.merge(features, rows, len(inputs), options)
+
+    async def _submit(self, key: Key, features: list[Feature], options: DecodeOptions,
+                      loading: Future[None] | None) -> list[Prediction]:
+        """Queue the rows once their adapter is in memory: a batch never waits for a disk read."""
+        if loading is not None:  # shared by every request for this adapter: never cancelled
+            await asyncio.shield(asyncio.wrap_future(loading))
+        return await self.batcher.submit([Row(key, f, options) for f in features])
 
     def _check(self, inputs: list[TextInput]) -> None:
         if not inputs:

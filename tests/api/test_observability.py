@@ -12,7 +12,13 @@ from app import metrics
 from app.adapters.store import AdapterStore
 from app.config import Settings
 from app.main import create_app
-from app.status import DeviceMemory, JobProgress, ServiceStatus
+from app.status import (
+    AdapterResidency,
+    DeviceMemory,
+    JobProgress,
+    ServiceStatus,
+    TierState,
+)
 from tests.api.helpers import SLOW, submit_job, wait_for_job
 from tests.conftest import AdapterFactory
 
@@ -57,22 +63,35 @@ def test_metrics_count_requests_predictions_batches_and_adapters(served: TestCli
     assert _value(after, "adapter_serve_adapters_stored") == 2
     assert _value(after, "adapter_serve_adapters_resident") == 2
     assert _value(after, "adapter_serve_adapter_loads_total") == 2
-    assert _value(after, "adapter_serve_adapter_evictions_total") == 0
+    assert _value(after, "adapter_serve_adapter_evictions_total", tier="device") == 0
     assert _value(after, "adapter_serve_queue_rows") == 0
     assert _value(after, "adapter_serve_training_workers") == 0
     assert _value(after, "process_resident_memory_bytes") > 0
 
 
-def test_evictions(settings: Settings, store: AdapterStore, make_adapter: AdapterFactory) -> None:
+def test_evictions_cold_loads_and_tiers(settings: Settings, store: AdapterStore,
+                                        make_adapter: AdapterFactory) -> None:
     for name in ("a", "b", "c"):
         make_adapter(store, name)
     with TestClient(create_app(settings.model_copy(update={"max_resident_adapters": 1}))) as c:
-        for name in ("a", "b", "c"):
+        for name in ("a", "b", "c", "c"):
             assert c.post(f"/predict/{name}", json={"inputs": ["x"]}).status_code == 200
         samples = _samples(c)
         assert _value(samples, "adapter_serve_adapter_loads_total") == 3
-        assert _value(samples, "adapter_serve_adapter_evictions_total") == 2
+        assert _value(samples, "adapter_serve_adapter_evictions_total", tier="device") == 2
+        assert _value(samples, "adapter_serve_adapter_evictions_total", tier="host") == 0
         assert _value(samples, "adapter_serve_adapters_resident") == 1
+        assert _value(samples, "adapter_serve_adapter_lookups_total", tier="disk") == 3
+        assert _value(samples, "adapter_serve_adapter_lookups_total", tier="device") == 1
+        assert _value(samples, "adapter_serve_adapter_hit_ratio") == 0.25
+        assert _value(samples, "adapter_serve_adapter_cold_loads_total") == 3
+        assert _value(samples, "adapter_serve_adapter_hot_path_loads_total") == 0
+        assert _value(samples, "adapter_serve_adapter_cold_load_seconds_count") >= 3
+        assert _value(samples, "adapter_serve_tier_adapters", tier="device") == 1
+        assert _value(samples, "adapter_serve_tier_bytes", tier="device") > 0
+        assert _value(samples, "adapter_serve_tier_budget_bytes", tier="host") == 0  # CPU: one tier
+        assert c.get("/adapters/c").json()["tier"] == "device"
+        assert c.get("/adapters/a").json()["tier"] == "disk"
 
 
 @pytest.mark.slow
@@ -153,8 +172,11 @@ def test_unexpected_errors_are_500s_with_the_request_id(
 
 
 def test_device_memory_gauges_come_from_the_status_snapshot() -> None:
-    status = ServiceStatus(queue_rows=3, adapters_stored=2, adapters_resident=1,
-                           adapters_capacity=8, adapter_loads=4, adapter_evictions=1,
+    tier = TierState(adapters=1, bytes=100, budget=1000)
+    residency = AdapterResidency(device=tier, host=tier, lookups={"device": 3, "disk": 1},
+                                 hit_ratio=0.75, cold_loads=1, hot_path_loads=0, promotions=1,
+                                 evictions={"device": 0, "host": 0})
+    status = ServiceStatus(queue_rows=3, adapters_stored=2, residency=residency,
                            jobs={"running": 1}, running=(JobProgress("j1", "senti", 0.25),),
                            workers_alive=1, device_memory=DeviceMemory(10, 20, 30))
     samples = _parse(metrics.render(lambda: status).decode())

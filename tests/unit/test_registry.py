@@ -7,6 +7,7 @@ import torch
 
 from app.adapters.registry import AdapterRegistry
 from app.adapters.store import AdapterStore
+from app.adapters.tiers import TierBudgets
 from app.errors import AdapterNotFoundError
 from app.model.encoder import FrozenEncoder
 from app.serving.engine import InferenceEngine, Row
@@ -16,7 +17,8 @@ from tests.conftest import AdapterFactory
 
 
 def _registry(store: AdapterStore, encoder: FrozenEncoder, capacity: int) -> AdapterRegistry:
-    registry = AdapterRegistry(store, encoder, capacity)
+    registry = AdapterRegistry(store, encoder, TierBudgets(device_bytes=2**30,
+                                                          device_adapters=capacity))
     registry.refresh()
     return registry
 
@@ -44,7 +46,7 @@ def test_lru_eviction_and_reload_on_demand(store: AdapterStore, encoder: FrozenE
     registry = _registry(store, encoder, capacity=2)
     first = {f"t{i}": _predict(registry, encoder, (f"t{i}", 1)) for i in range(4)}
     assert registry.resident_keys() == [("t2", 1), ("t3", 1)]
-    assert registry.stats.evictions == 2 and registry.bank.resident == 2
+    assert registry.stats.device_evictions == 2 and registry.bank.resident == 2
 
     assert _predict(registry, encoder, ("t0", 1)) == pytest.approx(first["t0"])  # reloaded
     assert registry.resident_keys() == [("t3", 1), ("t0", 1)]
@@ -67,19 +69,43 @@ def test_pinned_adapters_are_not_evicted(store: AdapterStore, encoder: FrozenEnc
     assert registry.resident_keys() == [("t2", 1)]
 
 
-def test_going_over_the_cap_warns_once_a_minute_not_every_batch(
+def test_a_batch_over_more_adapters_than_the_device_tier_holds_is_split_and_answered(
         store: AdapterStore, encoder: FrozenEncoder, make_adapter: AdapterFactory,
-        caplog: pytest.LogCaptureFixture) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(3):
         make_adapter(store, f"t{i}", seed=i)
-    registry = _registry(store, encoder, capacity=1)
+    alone = {f"t{i}": _predict(_registry(store, encoder, capacity=4), encoder, (f"t{i}", 1))
+             for i in range(3)}
+    registry = _registry(store, encoder, capacity=2)
+    passes: list[int] = []  # adapters on the device during each forward pass
+    forward = encoder.forward
+
+    def counting(batch, routing=None):  # type: ignore[no-untyped-def]
+        passes.append(registry.bank.resident)
+        return forward(batch, routing)
+
+    monkeypatch.setattr(encoder, "forward", counting)
     feature = encoder.tokenizer.encode(["the film was good"])[0]
-    rows = [Row((f"t{i}", 1), feature) for i in range(3)]  # one batch over three tasks
-    for _ in range(5):
-        assert all(isinstance(r, ClassificationResult)
-                   for r in InferenceEngine(encoder, registry).run(rows))
-    warnings = [r for r in caplog.records if "exceeding the cap" in r.getMessage()]
-    assert len(warnings) == 1
+    rows = [Row((f"t{i % 3}", 1), feature) for i in range(6)]  # one batch over three adapters
+    results = InferenceEngine(encoder, registry).run(rows)
+    for row, result in zip(rows, results, strict=True):
+        assert _numbers(result) == pytest.approx(alone[row.key[0]], rel=1e-5)
+    assert passes == [2, 2]  # two adapters, then the third beside the least recently used
+    assert registry.bank.resident <= 2
+
+
+def test_an_adapter_larger_than_the_device_tier_is_served_over_budget_with_a_warning(
+        store: AdapterStore, encoder: FrozenEncoder, make_adapter: AdapterFactory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    make_adapter(store, "t", seed=1)
+    make_adapter(store, "u", seed=2)
+    registry = AdapterRegistry(store, encoder, TierBudgets(device_bytes=1))
+    registry.refresh()
+    for _ in range(3):  # each one evicts the other, then goes in over the budget
+        assert _predict(registry, encoder, ("t", 1)) != _predict(registry, encoder, ("u", 1))
+    assert registry.stats.device_evictions == 5
+    warnings = [r for r in caplog.records if "exceeding it for now" in r.getMessage()]
+    assert len(warnings) == 1  # once a minute, not at every batch
 
 
 def test_delete_while_pinned_frees_the_slot_only_after_release(

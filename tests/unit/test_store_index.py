@@ -13,6 +13,7 @@ from app.adapters import index as index_module
 from app.adapters.index import NameSummary, StoreIndex
 from app.adapters.registry import AdapterRegistry
 from app.adapters.store import AdapterStore
+from app.adapters.tiers import TierBudgets
 from app.constants import INDEX_FILE
 from app.model.encoder import FrozenEncoder
 from app.tasks import HeadConfig
@@ -34,7 +35,7 @@ def _fill(store: AdapterStore, make_adapter: AdapterFactory) -> list[NameSummary
 
 
 def _registry(store: AdapterStore, encoder: FrozenEncoder) -> AdapterRegistry:
-    registry = AdapterRegistry(store, encoder, capacity=4)
+    registry = AdapterRegistry(store, encoder, TierBudgets(2**30))
     registry.refresh()
     return registry
 
@@ -143,7 +144,7 @@ def test_a_crash_between_rename_and_index_update_is_repaired(
 
     restarted = AdapterStore(store.root)  # what Services.build does: clean, then rescan
     restarted.clean_stale()
-    registry = AdapterRegistry(restarted, encoder, capacity=4)
+    registry = AdapterRegistry(restarted, encoder, TierBudgets(2**30))
     assert registry.refresh(rescan=True)
     assert registry.names() == {"t": [1, 2]}
     assert [(a.name, a.versions) for a in restarted.page()] == [("t", [1, 2])]
