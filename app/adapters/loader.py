@@ -35,6 +35,7 @@ class AdapterLoader:
         self._queued: set[Key] = set()
         self._wakeup = threading.Condition(self._lock)
         self._closed = False
+        self._preloading: Key | None = None
         self._preloader: threading.Thread | None = None
 
     def request(self, key: Key) -> Future[None]:
@@ -66,17 +67,21 @@ class AdapterLoader:
                 self._preloader = threading.Thread(target=self._preload_loop, daemon=True,
                                                    name="adapter-preloader")
                 self._preloader.start()
-            self._wakeup.notify()
+            self._wakeup.notify_all()
 
-    @property
-    def preloads_queued(self) -> int:
-        return len(self._queue)
+    def wait_preloaded(self, timeout: float | None = None) -> bool:
+        """Block until every queued preload has been done (or skipped); False on timeout."""
+        with self._lock:
+            return self._wakeup.wait_for(
+                lambda: self._closed or (not self._queue and self._preloading is None), timeout)
 
     def _preload_loop(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # per-thread on Linux; elsewhere as is
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PRELOAD_NICE)
         while True:
             with self._lock:
+                self._preloading = None
+                self._wakeup.notify_all()  # wait_preloaded() may be waiting for this
                 while not self._queue and not self._closed:
                     self._wakeup.wait()
                 if self._closed:
@@ -85,6 +90,7 @@ class AdapterLoader:
                 self._queued.discard(key)
                 if key in self._inflight:
                     continue  # a request is loading it already
+                self._preloading = key
             try:
                 self._fill(key, False)
             except Exception as exc:  # noqa: BLE001 - a bad file must not stop the others

@@ -6,6 +6,7 @@ import json
 import struct
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -307,3 +308,36 @@ def test_each_domain_error_has_its_status(error: type[errors.ServiceError], stat
 ])
 def test_headers_derived_from_the_error(error: errors.ServiceError, headers: dict) -> None:
     assert http_answer(error).headers(error) == headers
+
+
+def test_a_cold_load_holds_up_only_the_requests_that_need_it(
+        settings: Settings, store: AdapterStore, make_adapter: AdapterFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk read of one adapter runs on the loader thread: requests for adapters already in
+    memory are answered while it is blocked, and the waiting request is answered once it ends."""
+    make_adapter(store, "warm", seed=1)
+    make_adapter(store, "cold", seed=2)
+    reading, release = threading.Event(), threading.Event()
+    load = AdapterStore.load
+
+    def blocked_load(self: AdapterStore, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "cold":
+            reading.set()
+            assert release.wait(30), "the test never released the cold load"
+        return load(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(AdapterStore, "load", blocked_load)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/predict/warm", json={"inputs": ["x"]}).status_code == 200
+        answers: list[int] = []
+        waiting = threading.Thread(target=lambda: answers.append(
+            client.post("/predict/cold", json={"inputs": ["x"]}).status_code))
+        waiting.start()
+        assert reading.wait(30)
+        for _ in range(3):  # served while the cold read is stuck
+            assert client.post("/predict/warm", json={"inputs": ["y"]}).status_code == 200
+        assert client.get("/adapters/cold").json()["tier"] == "disk" and not answers
+        release.set()
+        waiting.join(30)
+        assert answers == [200]
+        assert client.get("/adapters/cold").json()["tier"] == "device"
