@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     )
     host_adapter_bytes: int | None = Field(
         None, ge=0, description="Bytes of verified, decoded adapters kept in host memory, so "
-        "that one evicted from a GPU comes back without a disk read. Unset: half the memory "
-        "available at start-up. On a CPU it sizes the one memory tier (the bank), unless "
+        "that one evicted from a GPU comes back without a disk read. Unset: a quarter of the "
+        "memory available at start-up on a GPU host (it is page-locked), half on a CPU. On a CPU it sizes the one memory tier (the bank), unless "
         "DEVICE_ADAPTER_BYTES is set."
     )
     max_resident_adapters: int = Field(

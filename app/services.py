@@ -131,18 +131,22 @@ class Services:
 def tier_budgets(settings: Settings, device: torch.device) -> TierBudgets:
     """The memory tiers' budgets: as set, or derived from the memory free at start-up.
 
-    On a CPU the device is host memory: the bank is the only memory tier, sized by
-    DEVICE_ADAPTER_BYTES, else HOST_ADAPTER_BYTES, else half the available memory.
+    On a GPU: a quarter of its free memory and a quarter of the available host memory (page-
+    locked, so the copies to the device are asynchronous). On a CPU the device is host memory:
+    the bank is the only memory tier, sized by DEVICE_ADAPTER_BYTES, else HOST_ADAPTER_BYTES,
+    else half the available memory.
     """
     host = settings.host_adapter_bytes
-    if host is None:
-        host = memory.available_bytes() // 2
     if device.type == "cuda":
+        if host is None:  # page-locked on a GPU host: a quarter, not half
+            host = memory.available_bytes() // 4
         dev = settings.device_adapter_bytes
         if dev is None:
             free, _ = torch.cuda.mem_get_info(device)
             dev = free // 4
     else:
+        if host is None:
+            host = memory.available_bytes() // 2
         dev = settings.device_adapter_bytes if settings.device_adapter_bytes is not None else host
         host = 0
     budgets = TierBudgets(device_bytes=dev, host_bytes=host,

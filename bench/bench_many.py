@@ -2,11 +2,12 @@
 on disk and the tasks in the traffic grow from a few to 1,000 (and 10,000).
 
     python -m bench.bench_many --data ../shared/data [--adapters 1000] [--distinct 8]
-        [--clients 64] [--requests 1000] [--with-10k [--large 10000]] [--setting KEY=VALUE]
+        [--clients 64] [--requests 1000] [--large 10000 | --without-10k] [--setting KEY=VALUE]
 
 The server: uvicorn, one worker (bench/server.py), the embedded MiniLM, its own temporary
-ADAPTERS_DIR and the service's default settings (the store polled every STORE_POLL_SECONDS,
-MAX_RESIDENT_ADAPTERS, ...) unless --setting says otherwise. The load: bench/loadgen.py in its own
+ADAPTERS_DIR and the service's default settings (the store polled every STORE_POLL_SECONDS, the
+adapter tiers' budgets derived from free memory, preloading on, ...) unless --setting says
+otherwise. The load: bench/loadgen.py in its own
 process, --clients keep-alive connections, one SST-2 dev sentence a request (from a seeded
 sample of --sentences distinct dev sentences).
 1. K (--distinct) adapters are stored and the server started. They are random, not trained
@@ -19,12 +20,14 @@ sample of --sentences distinct dev sentences).
    K originals included; then the idle server's CPU is measured over --idle-seconds.
 4. (b) the same one task with N on disk; (c) every request to one of the N names, uniformly at
    random; (d) Zipf(s=1) popularity over the N (the name of each rank drawn at random).
-5. With --with-10k: imports up to M (--large, 10,000) names, idle CPU again, and (e) uniform
-   over the M. Not run by default: imports take time today (their cost grows with N).
+5. Unless --without-10k: imports up to M (--large, 10,000) names, idle CPU again, and (e)
+   uniform over the M.
 Every case has its own warm-up (--warmup requests), then --requests requests: requests/s, p50/p99
 latency, statuses, mismatched answers (an answer must equal, within 1e-4, what the name's
-original adapter answered for that sentence in step 1), cold loads and evictions during the case
-(from GET /metrics; hit ratio = 1 - loads / requests) and the server's RSS. `targets` holds the
+original adapter answered for that sentence in step 1), from GET /metrics around the case: cold
+loads (disk reads; those made by a batch rather than the loader thread), device evictions,
+lookups by tier and hit ratio (lookups answered from memory / all), adapters on the device when
+it started (the preloader fills free memory between cases) and the server's RSS. `targets` holds the
 issue's bounds. Not done here: the issue's reference, PEFT's mixed-adapter batch
 (`adapter_names`) over as many LoRA adapters as it holds.
 Prints one JSON object; progress goes to stderr.
@@ -68,7 +71,10 @@ HOST = "127.0.0.1"
 TEN_K = 10_000
 MAX_NAMES = 99_999  # copies are named copy-NNNNN
 PREDICT_CHUNK = 32  # sentences per request when recording the expected answers
-LOADS, EVICTIONS = "adapter_serve_adapter_loads", "adapter_serve_adapter_evictions"
+COLD_LOADS, HOT_PATH_LOADS = "adapter_serve_adapter_cold_loads", "adapter_serve_adapter_hot_path_loads"
+EVICTIONS = 'adapter_serve_adapter_evictions_total{tier="device"}'
+LOOKUPS = {t: f'adapter_serve_adapter_lookups_total{{tier="{t}"}}' for t in ("device", "host", "disk")}
+ON_DEVICE = 'adapter_serve_tier_adapters{tier="device"}'
 RSS, CPU = "process_resident_memory_bytes", "process_cpu_seconds"
 STORED = "adapter_serve_adapters_stored"
 MIB = 2**20
@@ -213,15 +219,19 @@ def case_row(raw: dict[str, Any], before: dict[str, float], after: dict[str, flo
              ) -> dict[str, Any]:
     """A timed run's figures: the generator's `raw` result and the server's metrics around it."""
     lat = [x * 1000 for x in raw["latencies"]]
-    requests, loads = sum(raw["statuses"].values()), delta(before, after, LOADS)
+    requests, loads = sum(raw["statuses"].values()), delta(before, after, COLD_LOADS)
+    lookups = {t: delta(before, after, name) or 0 for t, name in LOOKUPS.items()}
+    total = sum(lookups.values())
     return {
         "adapters_on_disk": after.get(STORED), "requests": requests,
         "requests_per_s": round(len(lat) / raw["wall"], 1),
         "p50_ms": round(percentile(lat, 50), 1), "p99_ms": round(percentile(lat, 99), 1),
         "statuses": {str(k): v for k, v in raw["statuses"].items()},
         "mismatched": raw["mismatched"], "cold_loads": loads,
-        "evictions": delta(before, after, EVICTIONS),
-        "hit_ratio": None if loads is None else round(1 - loads / requests, 4),
+        "cold_loads_on_the_hot_path": delta(before, after, HOT_PATH_LOADS),
+        "evictions": delta(before, after, EVICTIONS), "lookups": lookups,
+        "hit_ratio": round(1 - lookups["disk"] / total, 4) if total else None,
+        "on_device_at_start": before.get(ON_DEVICE),
         "rss_mib": round(after[RSS] / MIB, 1),
     }
 
@@ -250,7 +260,7 @@ def run(server: Server, client: httpx.Client, sources: list[str], texts: list[st
     for key, case in (("b_one_task_n_on_disk", one), ("c_uniform_n", Case("uniform", names)),
                       ("d_zipf_n", zipf(names, args.seed))):
         cases[key] = run_case(server, case, texts, expected, args, args.seed)
-    if args.with_10k:
+    if not args.without_10k:
         import_copies(client, files, source_of, args.large, import_seconds)
         idle.append(idle_cpu(server.url, args.idle_seconds))
         cases["e_uniform_m"] = run_case(server, Case("uniform", list(source_of)), texts,
@@ -298,8 +308,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=256, help="warm-up requests per case")
     parser.add_argument("--sentences", type=int, default=256, help="distinct dev sentences")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
-    parser.add_argument("--with-10k", action="store_true",
-                        help="also (e): import up to M names, uniform traffic over them")
+    parser.add_argument("--without-10k", action="store_true",
+                        help="skip (e): importing up to M names, uniform traffic over them")
     parser.add_argument("--large", type=int, default=TEN_K, help="M: names on disk in (e)")
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="a server setting (environment variable); repeatable")

@@ -136,14 +136,15 @@ def latency_ms(seconds: Sequence[float]) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- server metrics
 def scrape_metrics(url: str) -> dict[str, float]:
-    """The samples without labels of the Prometheus text at `url`/metrics, by name (counters
-    under both `x_total` and `x`, as clients read them either way)."""
+    """The samples of the Prometheus text at `url`/metrics, by name (counters under both
+    `x_total` and `x`, as clients read them either way); a labelled sample by its name with the
+    labels as written, e.g. `x_total{tier="disk"}`."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
         text = response.read().decode()
     samples: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if line.startswith("#") or "{" in name or not value:
+        if line.startswith("#") or not value:
             continue
         samples[name] = float(value)
         samples.setdefault(name.removesuffix("_total"), float(value))
