@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     host_adapter_bytes: int | None = Field(
         None, ge=0, description="Bytes of verified, decoded adapters kept in host memory, so "
         "that one evicted from a GPU comes back without a disk read. Unset: a quarter of the "
-        "memory available at start-up on a GPU host (it is page-locked), half on a CPU. On a CPU it sizes the one memory tier (the bank), unless "
-        "DEVICE_ADAPTER_BYTES is set."
+        "memory available at start-up on a GPU host (it is page-locked), half on a CPU. On a "
+        "CPU it sizes the one memory tier (the bank), unless DEVICE_ADAPTER_BYTES is set."
     )
     max_resident_adapters: int = Field(
         0, ge=0, description="At most this many adapters on the device besides the byte budget; "
@@ -105,6 +105,10 @@ class Settings(BaseSettings):
                           "(scope `predict` or `admin`). Empty (and no API_KEYS_FILE): no auth.")
     api_keys_file: Path | None = Field(None, description="File of `key:scope` lines (# comments), "
                                        "read at start-up; adds to API_KEYS.")
+    metrics_task_labels: int = Field(
+        100, ge=0, description="Adapter names that get their own `task` label on the per-task "
+        "metrics (the first seen since start); the others are counted as task=\"_other\", so "
+        "/metrics stays small with thousands of adapters.")
     metrics_auth: bool = Field(False, description="When keys are set, /metrics needs one too "
                                "(any scope).")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS, or `*`. "

@@ -20,6 +20,7 @@ from app.status import AdapterResidency, DeviceMemory, ServiceStatus
 NAMESPACE = "adapter_serve"
 EVENTS = CollectorRegistry()  # process-wide: one service per process
 ProcessCollector(registry=EVENTS)  # process_resident_memory_bytes, process_cpu_seconds_total
+OTHER_TASKS = "_other"  # the `task` label of adapters beyond METRICS_TASK_LABELS
 LATENCY_BUCKETS = (.005, .01, .02, .04, .08, .15, .3, .6, 1.2, 2.5, 5, 10, 30)
 
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests by route template and status.",

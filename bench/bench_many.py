@@ -28,8 +28,9 @@ original adapter answered for that sentence in step 1), from GET /metrics around
 loads (disk reads; those made by a batch rather than the loader thread), device evictions,
 lookups by tier and hit ratio (lookups answered from memory / all), adapters on the device when
 it started (the preloader fills free memory between cases) and the server's RSS. `targets` holds the
-issue's bounds. Not done here: the issue's reference, PEFT's mixed-adapter batch
-(`adapter_names`) over as many LoRA adapters as it holds.
+issue's bounds. Then, with the server stopped, the issue's reference (bench/peft_reference.py, unless
+--without-peft; needs the `bench` extra): PEFT's mixed-adapter batch (`adapter_names`) over
+--peft-adapters LoRA adapters on the same model, in process, batches of 32 of the same sentences.
 Prints one JSON object; progress goes to stderr.
 """
 
@@ -39,6 +40,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -74,7 +76,8 @@ PREDICT_CHUNK = 32  # sentences per request when recording the expected answers
 COLD_LOADS, HOT_PATH_LOADS = "adapter_serve_adapter_cold_loads", "adapter_serve_adapter_hot_path_loads"
 EVICTIONS = 'adapter_serve_adapter_evictions_total{tier="device"}'
 LOOKUPS = {t: f'adapter_serve_adapter_lookups_total{{tier="{t}"}}' for t in ("device", "host", "disk")}
-ON_DEVICE = 'adapter_serve_tier_adapters{tier="device"}'
+IN_MEMORY = {t: f'adapter_serve_tier_adapters{{tier="{t}"}}' for t in ("device", "host")}
+ON_DEVICE = IN_MEMORY["device"]
 RSS, CPU = "process_resident_memory_bytes", "process_cpu_seconds"
 STORED = "adapter_serve_adapters_stored"
 MIB = 2**20
@@ -163,6 +166,24 @@ def import_stats(seconds: list[float]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- measurements
+def settle(url: str, timeout: float = 900) -> dict[str, Any]:
+    """Wait until the preloader has put every stored adapter in memory, or memory is full (no
+    growth for a few seconds): the cases measure the steady state. Its seconds are reported."""
+    t0, last, still = time.monotonic(), -1.0, 0
+    while time.monotonic() - t0 < timeout:
+        m = scrape_metrics(url)
+        held = m.get(IN_MEMORY["device"], 0) + m.get(IN_MEMORY["host"], 0)
+        if held >= m.get(STORED, 0):
+            break
+        still = still + 1 if held == last else 0
+        if still >= 5:
+            break
+        last = held
+        time.sleep(1.0)
+    return {"seconds": round(time.monotonic() - t0, 1), "in_memory": held,
+            "on_disk": m.get(STORED)}
+
+
 def idle_cpu(url: str, seconds: float) -> dict[str, Any]:
     """The server's CPU per second of wall time while nothing is sent (two /metrics scrapes)."""
     time.sleep(1.0)  # the last request's work is done
@@ -195,24 +216,65 @@ def cpu_use(machine: dict[str, Any], server_s: float, loadgen_s: float) -> dict[
             round(max(0.0, others - server_s - loadgen_s) / (wall * (os.cpu_count() or 1)), 3)}
 
 
-def run_case(server: Server, case: Case, texts: list[str], expected: Expected,
-             args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    log.info("case %s over %d names: warm-up", case.name, len(case.tasks))
-    # One generator process for the warm-up and the timed run, started before the timing: its
-    # CPU is not the server's, and its start-up falls outside the timed window.
+def run_cases(server: Server, cases: dict[str, Case], texts: list[str], expected: Expected,
+              args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each case warmed up, then --rounds timed runs of each, the cases interleaved round by
+    round: load from other processes lands on all of them alike, not on whichever ran during it.
+    Every run sends the same sentences in the same order (only the tasks differ)."""
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in cases}
+    # One generator process for the warm-ups and the timed runs, started before the timing:
+    # its CPU is not the server's, and its start-up falls outside the timed windows.
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        warm = load(pool, server.port, case, texts, expected, args.clients, args.warmup, seed + 1)
-        before = scrape_metrics(server.url)
-        with CpuMonitor() as mon:
-            raw = load(pool, server.port, case, texts, expected, args.clients, args.requests,
-                       seed)
-        after = scrape_metrics(server.url)
-    row = {"names": len(case.tasks), **case_row(raw, before, after)}
-    row["cpu"] = cpu_use(mon.result, after[CPU] - before[CPU], raw["cpu_s"] - warm["cpu_s"])
-    log.info("case %s: %s req/s, p50 %s ms, p99 %s ms, %s cold loads, %d mismatched",
-             case.name, row["requests_per_s"], row["p50_ms"], row["p99_ms"], row["cold_loads"],
-             row["mismatched"])
-    return row
+        for case in cases.values():
+            log.info("case %s over %d names: warm-up", case.name, len(case.tasks))
+            generator_cpu = load(pool, server.port, case, texts, expected, args.clients,
+                                 args.warmup, args.seed + 1)["cpu_s"]
+        for r in range(args.rounds):
+            for key, case in cases.items():
+                before = scrape_metrics(server.url)
+                with CpuMonitor() as mon:
+                    raw = load(pool, server.port, case, texts, expected, args.clients,
+                               args.requests, args.seed)
+                after = scrape_metrics(server.url)
+                row = case_row(raw, before, after)
+                row["cpu"] = cpu_use(mon.result, after[CPU] - before[CPU],
+                                     raw["cpu_s"] - generator_cpu)
+                generator_cpu = raw["cpu_s"]  # the generator process's total so far
+                row["latencies"] = raw["latencies"]
+                runs[key].append(row)
+                log.info("round %d/%d, case %s: %s req/s, p50 %s ms, p99 %s ms, %s cold loads, "
+                         "%d mismatched", r + 1, args.rounds, case.name, row["requests_per_s"],
+                         row["p50_ms"], row["p99_ms"], row["cold_loads"], row["mismatched"])
+    return {key: combine(rows, len(cases[key].tasks)) for key, rows in runs.items()}
+
+
+def combine(rows: list[dict[str, Any]], names: int) -> dict[str, Any]:
+    """One case's rounds: the median rate, latency percentiles over every request, totals."""
+    latencies = [x * 1000 for row in rows for x in row.pop("latencies")]
+    rates = [row["requests_per_s"] for row in rows]
+
+    def total(key: str) -> int | None:
+        values = [row[key] for row in rows]
+        return None if None in values else sum(values)
+
+    statuses: dict[str, int] = {}
+    for row in rows:
+        for status, n in row["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + n
+    lookups = {t: sum(row["lookups"][t] for row in rows) for t in LOOKUPS}
+    seen = sum(lookups.values())
+    return {
+        "names": names, "adapters_on_disk": rows[-1]["adapters_on_disk"],
+        "requests_per_s": round(statistics.median(rates), 1), "rounds_requests_per_s": rates,
+        "p50_ms": round(percentile(latencies, 50), 1), "p99_ms": round(percentile(latencies, 99), 1),
+        "requests": total("requests"), "statuses": statuses, "mismatched": total("mismatched"),
+        "cold_loads": total("cold_loads"),
+        "cold_loads_on_the_hot_path": total("cold_loads_on_the_hot_path"),
+        "evictions": total("evictions"), "lookups": lookups,
+        "hit_ratio": round(1 - lookups["disk"] / seen, 4) if seen else None,
+        "on_device_at_start": rows[0]["on_device_at_start"], "rss_mib": rows[-1]["rss_mib"],
+        "cpu": [row["cpu"] for row in rows],
+    }
 
 
 def case_row(raw: dict[str, Any], before: dict[str, float], after: dict[str, float]
@@ -249,26 +311,40 @@ def run(server: Server, client: httpx.Client, sources: list[str], texts: list[st
              for s in sources}
     source_of = {s: s for s in sources}
     one = Case("one task", sources[:1])
-    cases: dict[str, Any] = {}
-    cases["a_one_task_few_on_disk"] = run_case(server, one, texts, Expected(source_of, answers),
-                                               args, args.seed)
+    cases: dict[str, Any] = run_cases(server, {"a_one_task_few_on_disk": one}, texts,
+                                      Expected(source_of, answers), args)
     idle = [idle_cpu(server.url, args.idle_seconds)]
     import_seconds: list[float] = []
     import_copies(client, files, source_of, args.adapters, import_seconds)
+    preload = [settle(server.url)]
     idle.append(idle_cpu(server.url, args.idle_seconds))
     expected, names = Expected(source_of, answers), list(source_of)
-    for key, case in (("b_one_task_n_on_disk", one), ("c_uniform_n", Case("uniform", names)),
-                      ("d_zipf_n", zipf(names, args.seed))):
-        cases[key] = run_case(server, case, texts, expected, args, args.seed)
+    cases.update(run_cases(server, {"b_one_task_n_on_disk": one,
+                                    "c_uniform_n": Case("uniform", names),
+                                    "d_zipf_n": zipf(names, args.seed)}, texts, expected, args))
     if not args.without_10k:
         import_copies(client, files, source_of, args.large, import_seconds)
+        preload.append(settle(server.url))
         idle.append(idle_cpu(server.url, args.idle_seconds))
-        cases["e_uniform_m"] = run_case(server, Case("uniform", list(source_of)), texts,
-                                        Expected(source_of, answers), args, args.seed)
+        cases.update(run_cases(server, {"e_uniform_m": Case("uniform", list(source_of))}, texts,
+                               Expected(source_of, answers), args))
     return {"adapters": {"kind": "random (bench.common.save_random_adapters), not trained",
                          "distinct": len(sources), "file_bytes": len(files[sources[0]]),
                          "answers_distinguishable": distinguishable(answers)},
-            "imports": import_stats(import_seconds), "idle_cpu": idle, "cases": cases}
+            "imports": import_stats(import_seconds), "preload_after_imports": preload,
+            "idle_cpu": idle, "cases": cases}
+
+
+def peft_reference(texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """PEFT's mixed LoRA batch on the same sentences, once the server has stopped."""
+    if args.without_peft:
+        return {"skipped": "--without-peft"}
+    try:
+        from bench.peft_reference import measure
+        log.info("reference: PEFT mixed batches over %d LoRA adapters", args.peft_adapters)
+        return measure(texts, args.peft_adapters, batches=16, repeats=2, seed=args.seed)
+    except ImportError as exc:
+        return {"skipped": f"{exc} (pip install -e '.[bench]')"}
 
 
 def check(value: float, op: str, bound: float) -> dict[str, Any]:
@@ -304,7 +380,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--adapters", type=int, default=1000, help="N: names on disk")
     parser.add_argument("--distinct", type=int, default=8, help="K: distinct adapters")
     parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
-    parser.add_argument("--requests", type=int, default=1000, help="timed requests per case")
+    parser.add_argument("--requests", type=int, default=1000, help="timed requests per run")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each case")
     parser.add_argument("--warmup", type=int, default=256, help="warm-up requests per case")
     parser.add_argument("--sentences", type=int, default=256, help="distinct dev sentences")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
@@ -313,6 +390,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--large", type=int, default=TEN_K, help="M: names on disk in (e)")
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="a server setting (environment variable); repeatable")
+    parser.add_argument("--peft-adapters", type=int, default=64,
+                        help="LoRA adapters PEFT holds in the reference (adding one costs O(held))")
+    parser.add_argument("--without-peft", action="store_true", help="skip the PEFT reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8768)
     args = parser.parse_args(argv)
@@ -337,14 +417,15 @@ def main(argv: list[str] | None = None) -> None:
         with Server(store.root, args.port, settings) as server, \
                 httpx.Client(base_url=server.url, timeout=300) as client:
             result = run(server, client, sources, texts, args)
+    result["reference_peft"] = peft_reference(texts, args)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     emit({"benchmark": "many_adapters", "machine": machine, "config": config,
           "server_settings": settings, **result, "targets": targets(result),
           # Other processes' CPU use distorts the ratios: trust a missed target only from a
           # quiet run.
-          "machine_quiet": all(c["cpu"]["others_share"] is not None
-                               and c["cpu"]["others_share"] < QUIET_SHARE
-                               for c in result["cases"].values()),
+          "machine_quiet": all(run["others_share"] is not None
+                               and run["others_share"] < QUIET_SHARE
+                               for c in result["cases"].values() for run in c["cpu"]),
           "all_answers_right": all(c["mismatched"] == 0 and set(c["statuses"]) == {"200"}
                                    for c in result["cases"].values())})
 

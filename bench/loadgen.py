@@ -128,12 +128,13 @@ def generate(host: str, port: int, concurrency: int, requests: int, tasks: list[
              texts: list[str], seed: int, weights: list[float] | None = None,
              expected: Expected | None = None) -> dict[str, Any]:
     """Process entry point: `requests` requests, each one random text for one random task
-    (uniform, or in proportion to `weights`); with `expected`, every answer is compared to it."""
-    rng = random.Random(seed)
-    if weights is None:
-        jobs = [(rng.choice(tasks), rng.choice(texts)) for _ in range(requests)]
-    else:
-        jobs = [(task, rng.choice(texts)) for task in rng.choices(tasks, weights, k=requests)]
+    (uniform, or in proportion to `weights`); with `expected`, every answer is compared to it.
+    The texts are drawn apart from the tasks: one seed sends the same texts in the same order
+    whatever the tasks, so cases differ only in their tasks."""
+    text_rng, task_rng = random.Random(seed), random.Random(f"tasks-{seed}")
+    chosen = ([task_rng.choice(tasks) for _ in range(requests)] if weights is None
+              else task_rng.choices(tasks, weights, k=requests))
+    jobs = [(task, text_rng.choice(texts)) for task in chosen]
     result = asyncio.run(_run(host, port, concurrency, jobs, expected))
     return {"latencies": result.latencies, "statuses": result.statuses,
             "mismatched": result.mismatched, "wall": result.wall,

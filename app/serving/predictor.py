@@ -23,6 +23,7 @@ class PredictLimits:
     max_text_chars: int
     timeout_s: float = 30.0
     doc_stride: int = 128  # question answering: overlap of a long context's windows
+    task_labels: int = 100  # adapter names with their own label on the per-task metrics
 
 
 class PredictionService:
@@ -32,6 +33,7 @@ class PredictionService:
         self.tokenizer = tokenizer
         self.batcher = batcher
         self.limits = limits
+        self._labelled: set[str] = set()
 
     async def predict(self, task: str, inputs: list[TextInput], version: int | None = None,
                       options: DecodeOptions | None = None) -> tuple[int, list[Prediction]]:
@@ -39,9 +41,20 @@ class PredictionService:
         t0 = time.perf_counter()
         version, predictions = await self._predict(task, inputs, version,
                                                    options or DecodeOptions())
-        metrics.PREDICT_SECONDS.labels(task).observe(time.perf_counter() - t0)
-        metrics.PREDICT_INPUTS.labels(task).inc(len(inputs))
+        label = self._task_label(task)
+        metrics.PREDICT_SECONDS.labels(label).observe(time.perf_counter() - t0)
+        metrics.PREDICT_INPUTS.labels(label).inc(len(inputs))
         return version, predictions
+
+    def _task_label(self, name: str) -> str:
+        """The name itself for the first `task_labels` names served, then one shared label: the
+        exposition stays bounded however many adapters are served."""
+        if name in self._labelled:
+            return name
+        if len(self._labelled) < self.limits.task_labels:
+            self._labelled.add(name)
+            return name
+        return metrics.OTHER_TASKS
 
     async def _predict(self, name: str, inputs: list[TextInput], version: int | None,
                        options: DecodeOptions) -> tuple[int, list[Prediction]]:

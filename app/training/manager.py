@@ -25,7 +25,10 @@ from app.training.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobDB
 from app.training.worker import CANCELLED_ERROR, WorkerSettings, job_result, run_job
 
 log = logging.getLogger(__name__)
-DISPATCH_INTERVAL_S = 0.2
+DISPATCH_INTERVAL_S = 0.2  # while workers run: how soon an exit or a cancel is acted on
+# With no worker running only this process queues jobs, and it wakes the dispatcher when it
+# does: the tick is a safety net, rare so that an idle server costs next to no CPU.
+IDLE_DISPATCH_INTERVAL_S = 5.0
 SERVICE_DIED = "interrupted: the service stopped while this job was running; nothing was stored"
 
 
@@ -160,7 +163,8 @@ class JobManager:
                 log.exception("job dispatch failed")
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), DISPATCH_INTERVAL_S)
+                await asyncio.wait_for(self._wakeup.wait(), DISPATCH_INTERVAL_S if self._procs
+                                       else IDLE_DISPATCH_INTERVAL_S)
 
     def _tick(self) -> None:
         with self._tick_lock:

@@ -184,3 +184,19 @@ def test_device_memory_gauges_come_from_the_status_snapshot() -> None:
     assert _value(samples, "adapter_serve_device_memory_total_bytes") == 30
     assert _value(samples, "adapter_serve_training_progress_ratio", job="j1", name="senti") == 0.25
     assert _value(samples, "adapter_serve_queue_rows") == 3
+
+
+def test_per_task_metrics_stop_naming_tasks_beyond_the_label_limit(
+        settings: Settings, store: AdapterStore, make_adapter: AdapterFactory) -> None:
+    names = ("limit-a", "limit-b", "limit-c")  # names no other test uses: metrics are per process
+    for name in names:
+        make_adapter(store, name)
+    with TestClient(create_app(settings.model_copy(update={"metrics_task_labels": 1}))) as c:
+        before = _samples(c)
+        for name in (*names, "limit-a"):
+            assert c.post(f"/predict/{name}", json={"inputs": ["x"]}).status_code == 200
+        after = _samples(c)
+    inputs = "adapter_serve_predict_inputs_total"
+    assert _value(after, inputs, task="limit-a") - _value(before, inputs, task="limit-a") == 2
+    assert _value(after, inputs, task="_other") - _value(before, inputs, task="_other") == 2
+    assert (inputs, (("task", "limit-b"),)) not in after
