@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,8 @@ from app.training.jobs import Job
 from app.training.manager import JobManager
 
 log = logging.getLogger(__name__)
+
+GC_FREEZE_CHECK_S = 10.0  # how often the adapters held are checked for having settled
 
 
 @dataclass
@@ -101,6 +104,7 @@ class Services:
                 name="store-rescan"))
         if self.settings.malloc_trim_seconds > 0 and memory.can_trim():
             self._tasks.append(asyncio.create_task(self._trim_memory(), name="malloc-trim"))
+        self._tasks.append(asyncio.create_task(self._freeze_adapters(), name="gc-freeze"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -117,6 +121,24 @@ class Services:
             await asyncio.sleep(self.settings.malloc_trim_seconds)
             await asyncio.to_thread(memory.trim)
 
+    async def _freeze_adapters(self) -> None:
+        """Keep the garbage collector's full collections off the adapters held in memory: once
+        what is held has changed and then stayed the same for one check (preloading done, an
+        import burst over), freeze the heap (see app.memory.freeze_long_lived)."""
+        watch = Settled(self._held())
+        while True:
+            await asyncio.sleep(GC_FREEZE_CHECK_S)
+            held = self._held()
+            if watch.check(held):
+                t0 = time.perf_counter()
+                objects = memory.freeze_long_lived()
+                log.info("%d objects excluded from garbage collection (%d adapters in memory) "
+                         "in %.0f ms", objects, held[0] + held[1], (time.perf_counter() - t0) * 1e3)
+
+    def _held(self) -> tuple[int, int, int]:
+        r = self.registry.residency()
+        return r.device.adapters, r.host.adapters, r.promotions
+
     async def _poll_store(self, seconds: float, rescan: bool) -> None:
         """Pick up adapters other processes added, replaced or deleted: through the store's
         index (cheap, often), or by a rescan of the files (slow, rarely: changes made by hand)."""
@@ -126,6 +148,21 @@ class Services:
                 await asyncio.to_thread(self.registry.refresh, rescan)
             except Exception:  # a bad moment on disk must not stop the polling
                 log.exception("store poll failed")
+
+
+class Settled:
+    """Says True once per change of a value: when it differs from what it was the last time it
+    said True, and has stayed the same since the previous check."""
+
+    def __init__(self, value: object) -> None:
+        self._acted_on = self._last = value
+
+    def check(self, value: object) -> bool:
+        settled = value == self._last and value != self._acted_on
+        if settled:
+            self._acted_on = value
+        self._last = value
+        return settled
 
 
 def tier_budgets(settings: Settings, device: torch.device) -> TierBudgets:

@@ -47,10 +47,10 @@ class ResidentAdapter:
     retired: bool = False  # evicted, removed or replaced: its slot is freed when the last pin goes
     copied: Any = None  # on a GPU: the event recorded after its asynchronous copy
 
-    def wait_copied(self) -> None:
-        """Make the current stream wait for the copy of this adapter to the device (GPU only)."""
+    def wait_copied(self, device: torch.device) -> None:
+        """Make `device`'s current stream wait for this adapter's copy to it (GPU only)."""
         if self.copied is not None:
-            torch.cuda.current_stream().wait_event(self.copied)
+            torch.cuda.current_stream(device).wait_event(self.copied)
 
 
 class AdapterRegistry:

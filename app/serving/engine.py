@@ -83,7 +83,7 @@ class InferenceEngine:
             batch = batch.pin_memory()
         batch = batch.to(enc.device, non_blocking=on_gpu)
         for entry in entries.values():
-            entry.wait_copied()  # GPU: an adapter copied on the side stream is complete
+            entry.wait_copied(enc.device)  # GPU: its copy on the side stream is complete
         routing = self.registry.routing([entries[r.key].slot for r in rows])
         hidden = enc.forward(batch, routing)  # (B, T, H)
         groups: dict[Key, list[int]] = defaultdict(list)

@@ -50,3 +50,29 @@ def test_zero_seconds_never_trims(settings: Settings, monkeypatch: pytest.Monkey
         assert "batcher" in names  # the lifespan's tasks are running ...
         assert TRIM_TASK not in names  # ... and no trimming among them
     assert calls == []
+
+
+def test_freezing_excludes_what_is_alive_from_collections_and_keeps_refcounting() -> None:
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    gc.unfreeze()
+    try:
+        alive = Node()
+        assert memory.freeze_long_lived() >= 1 and gc.is_tracked(alive)
+        gone = weakref.ref(alive)
+        del alive  # frozen, yet freed by reference counting when dropped
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+
+
+def test_the_heap_is_frozen_once_per_change_after_the_adapters_held_settle() -> None:
+    from app.services import Settled
+
+    watch = Settled((0, 0, 0))
+    seen = [(0, 0, 0), (5, 0, 5), (9, 0, 9), (9, 0, 9), (9, 0, 9), (8, 0, 10), (8, 0, 10)]
+    assert [watch.check(v) for v in seen] == [False, False, False, True, False, False, True]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from app.adapters.registry import AdapterRegistry, DeviceTierFull
 from app.adapters.store import AdapterStore
 from app.adapters.tiers import HostAdapter, HostTier, Tier, TierBudgets
+from app.config import Settings
 from app.errors import InvalidAdapterError
 from app.model.encoder import FrozenEncoder
 from app.serving.engine import InferenceEngine, Row
@@ -215,4 +217,44 @@ def test_copies_answer_what_their_original_answers_under_concurrent_eviction(
         churner.join(WAIT_S)
     assert not failures
     assert registry.stats.device_evictions > 0
+    registry.close()
+
+
+# ------------------------------------------------------------------------------- defaults
+def test_budgets_on_a_cpu_make_the_bank_the_one_memory_tier(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import memory
+    from app.services import tier_budgets
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10_000)
+    assert tier_budgets(settings, cpu) == TierBudgets(
+        device_bytes=5_000, host_bytes=0, device_adapters=settings.max_resident_adapters)
+    host_set = settings.model_copy(update={"host_adapter_bytes": 700, "preload_adapters": True})
+    assert tier_budgets(host_set, cpu) == TierBudgets(
+        device_bytes=700, host_bytes=0, device_adapters=settings.max_resident_adapters,
+        preload=True)
+    both = host_set.model_copy(update={"device_adapter_bytes": 300, "max_resident_adapters": 0})
+    assert tier_budgets(both, cpu) == TierBudgets(device_bytes=300, host_bytes=0, preload=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_copies_from_pinned_host_memory_answer_as_on_the_cpu(
+        store: AdapterStore, encoder: FrozenEncoder, make_adapter: AdapterFactory,
+        tiny_model_dir: Path) -> None:
+    keys = _stored(store, make_adapter, 3)
+    on_cpu = InferenceEngine(encoder, _registry(store, encoder))
+    expected = {key: _scores(on_cpu, key) for key in keys}
+    gpu = FrozenEncoder.load(str(tiny_model_dir), device="cuda", dtype="float32")
+    size = _adapter_bytes(store, gpu, keys[0])
+    registry = _registry(store, gpu, device_bytes=size, host_bytes=2**20)
+    engine = InferenceEngine(gpu, registry)
+    for _ in range(2):  # the second time every adapter comes from the pinned host tier
+        for key in keys:
+            future = registry.prefetch(key)
+            if future is not None:
+                future.result(WAIT_S)
+            assert _scores(engine, key) == pytest.approx(expected[key], abs=1e-5)
+    assert registry.stats.cold_loads == 3 and registry.stats.promotions == 6
+    assert all(t.is_pinned() for t in registry.host.get(keys[0]).adapter.values())  # type: ignore[union-attr]
     registry.close()
