@@ -1,8 +1,8 @@
-"""Task name -> adapter version, and where each version is held: device, host memory or disk."""
+"""Where each adapter version is held (device, host memory or disk), and pins for batches;
+which versions exist is followed by app.adapters.versions."""
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import math
@@ -17,11 +17,11 @@ import torch
 
 from app import metrics
 from app.adapters.format import AdapterMetadata
-from app.adapters.index import Changes, Generation, Key, Stamp
+from app.adapters.index import Key
 from app.adapters.loader import AdapterLoader
-from app.adapters.store import AdapterStore, validate_name
+from app.adapters.store import AdapterStore
 from app.adapters.tiers import HostAdapter, HostTier, Tier, TierBudgets, TierStats
-from app.errors import AdapterNotFoundError
+from app.adapters.versions import StoredVersions
 from app.model.bank import AdapterBank, RowRouting
 from app.model.encoder import FrozenEncoder
 from app.status import AdapterResidency, TierState
@@ -54,7 +54,7 @@ class ResidentAdapter:
 
 
 class AdapterRegistry:
-    """Which versions exist (following the store's index) and where each one is held.
+    """Where each stored version is held (which versions exist: `self.stored`).
 
     The device tier is the bank (plus heads), within `budgets.device_bytes`; the host tier keeps
     verified, decoded copies within `budgets.host_bytes` (none on a CPU, where the bank already is
@@ -81,118 +81,59 @@ class AdapterRegistry:
         self._lock = threading.RLock()
         self._key_locks: defaultdict[Key, threading.Lock] = defaultdict(threading.Lock)
         self._refresh_lock = threading.Lock()
-        self._generation = Generation()  # of the store's index, as far as this registry follows
-        self._index: dict[Key, Stamp] = {}  # every version on disk -> its stamp
-        self._versions: dict[str, list[int]] = {}  # name -> its versions, oldest first
+        self.stored = StoredVersions(store)
         self._resident: OrderedDict[Key, ResidentAdapter] = OrderedDict()
-        self._meta: dict[Key, AdapterMetadata] = {}
 
     def close(self) -> None:
         """Stop the loader threads (pending preloads are dropped)."""
         self.loader.close()
 
-    # -------------------------------------------------------------------------------- index
+    # ---------------------------------------------------------------------------- versions
     def refresh(self, rescan: bool = False) -> bool:
         """Follow the store's changes since the last refresh: O(changes), O(1) when none.
 
-        Retires versions that vanished, changed or were superseded, and queues the new newest
+        Lets go of versions that vanished, changed or were superseded, and queues the new newest
         versions for preloading. `rescan` first corrects the store's index from the files (slow:
         the periodic rescan and POST /adapters/reload do it). Returns whether anything changed.
         """
         if rescan:
             self.store.rescan()
         with self._refresh_lock:  # changes applied in the order the store made them
-            changes = self.store.changes_since(self._generation)
+            touched = self.stored.follow()
             with self._lock:
-                touched = self._apply(changes)
-                newest = self._newest_of(touched)
-        if touched:
-            log.info("adapter index refreshed: %d versions changed; %d versions of %d adapters",
-                     len(touched), len(self._index), len(self._versions))
-            if self.budgets.preload:
-                self.loader.preload(newest)
-        return bool(touched)
-
-    def _apply(self, changes: Changes) -> set[Key]:
-        self._generation = changes.generation
-        stamps = changes.stamps
-        if changes.complete:  # every version: what differs from ours changed
-            touched = {k for k in self._index.keys() | stamps.keys()
-                       if self._index.get(k) != stamps.get(k)}
-        else:  # logged changes: a version deleted and written again may keep its stamp
-            touched = set(stamps)
-        for key in touched:
-            self._set(key, stamps.get(key))
-            self._meta.pop(key, None)
-            self.host.discard(key)
-        # Versions of the touched names that are gone, replaced or superseded leave memory.
-        names = {name for name, _ in touched}
-        for name in names:
-            versions = self._versions.get(name, [])
-            known = {key for key in touched if key[0] == name} | {(name, v) for v in versions}
-            for key in known:
-                if key in touched or not versions or versions[-1] > key[1]:
+                for key in self.stored.superseded(touched):
                     self.host.discard(key)
                     entry = self._resident.get(key)
                     if entry is not None:
                         self._retire(entry)
-        return touched
-
-    def _newest_of(self, touched: set[Key]) -> list[Key]:
-        """The newest version of each touched name, most recently written first."""
-        newest = {(name, self._versions[name][-1]) for name, _ in touched if name in self._versions}
-        return sorted(newest, key=lambda k: -self._index[k][0])
-
-    def _set(self, key: Key, stamp: Stamp | None) -> None:
-        name, version = key
-        versions = self._versions.setdefault(name, [])
-        if stamp is None:
-            self._index.pop(key, None)
-            self._key_locks.pop(key, None)
-            if version in versions:
-                versions.remove(version)
-        else:
-            if key not in self._index:
-                bisect.insort(versions, version)
-            self._index[key] = stamp
-        if not versions:
-            del self._versions[name]
+                    if key not in self.stored:
+                        self._key_locks.pop(key, None)
+        if touched:
+            names, versions = self.stored.counts()
+            log.info("adapter index refreshed: %d versions changed; %d versions of %d adapters",
+                     len(touched), versions, names)
+            if self.budgets.preload:
+                self.loader.preload(self.stored.newest_of(touched))
+        return bool(touched)
 
     def names(self) -> dict[str, list[int]]:
-        with self._lock:
-            return {name: list(self._versions[name]) for name in sorted(self._versions)}
+        return self.stored.names()
 
     def versions(self, name: str) -> list[int]:
         """The stored versions of one name, oldest first ([] when none)."""
-        with self._lock:
-            return list(self._versions.get(name, []))
+        return self.stored.versions(name)
 
     def counts(self) -> tuple[int, int]:
         """(adapter names, versions) stored."""
-        with self._lock:
-            return len(self._versions), len(self._index)
+        return self.stored.counts()
 
     def resolve(self, name: str, version: int | None = None) -> Key:
         """The (name, version) a request means: the newest unless it pins one. 404 otherwise."""
-        validate_name(name)
-        known = self.versions(name)
-        if not known:
-            raise AdapterNotFoundError(f"no adapter named {name!r}; GET /adapters lists them")
-        if version is None:
-            return name, known[-1]
-        if version in known:
-            return name, version
-        raise AdapterNotFoundError(f"adapter {name!r} has no version {version} (it has {known})")
+        return self.stored.resolve(name, version)
 
     def metadata(self, key: Key) -> AdapterMetadata:
         """A version's metadata, read from disk once (versions never change in place)."""
-        with self._lock:
-            cached = self._meta.get(key)
-        if cached is None:
-            cached = self.store.metadata(*key)
-            with self._lock:
-                self._meta[key] = cached
-        return cached
+        return self.stored.metadata(key)
 
     # ---------------------------------------------------------------------------- the tiers
     def tier(self, key: Key) -> Tier:
@@ -234,7 +175,7 @@ class AdapterRegistry:
         with self._lock:
             if self._device_fits(meta, 0):
                 return True
-        size = self._index.get(key, (0, 0))[1]  # the file's size: about its decoded size
+        size = (self.stored.stamp(key) or (0, 0))[1]  # the file's size: about its decoded size
         return self.host.fits(size)
 
     def _read(self, key: Key, evict_host: bool) -> HostAdapter:
@@ -280,8 +221,7 @@ class AdapterRegistry:
                                     copied=copied)
             self._resident[key] = entry
             self._head_bytes += head_bytes
-            if key not in self._index:  # saved by this process before the next refresh
-                self._set(key, self.store.stamp(*key))
+            self.stored.add(key)  # saved by this process before the next refresh: known now
         self.stats.promotions += 1
         log.debug("adapter %s v%d on the device in slot %d", key[0], key[1], slot)
         return entry
@@ -390,9 +330,7 @@ class AdapterRegistry:
     # ------------------------------------------------------------------------------ changes
     def ensure_indexed(self, name: str, version: int) -> None:
         """Another process reported storing this version: make it visible now, not at the next poll."""
-        with self._lock:
-            known = (name, version) in self._index
-        if not known:
+        if (name, version) not in self.stored:
             self.refresh()
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
