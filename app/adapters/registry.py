@@ -22,6 +22,7 @@ from app.adapters.loader import AdapterLoader
 from app.adapters.store import AdapterStore
 from app.adapters.tiers import HostAdapter, HostTier, Tier, TierBudgets, TierStats
 from app.adapters.versions import StoredVersions
+from app.errors import AdapterNotFoundError
 from app.model.bank import AdapterBank, RowRouting
 from app.model.encoder import FrozenEncoder
 from app.status import AdapterResidency, TierState
@@ -205,6 +206,9 @@ class AdapterRegistry:
         head.load_state_dict(item.head, assign=True)
         head_bytes = sum(t.nbytes for t in item.head.values())
         with self._lock:
+            if key not in self.stored:  # deleted while it was being read: not brought back
+                raise AdapterNotFoundError(f"adapter {key[0]!r} has no version {key[1]} (it "
+                                           f"was deleted while being loaded)")
             if not self._make_room(meta, head_bytes, evict, force):
                 return None
             stream = (torch.cuda.stream(self._copy_stream) if self._copy_stream is not None
@@ -221,7 +225,6 @@ class AdapterRegistry:
                                     copied=copied)
             self._resident[key] = entry
             self._head_bytes += head_bytes
-            self.stored.add(key)  # saved by this process before the next refresh: known now
         self.stats.promotions += 1
         log.debug("adapter %s v%d on the device in slot %d", key[0], key[1], slot)
         return entry

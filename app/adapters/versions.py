@@ -57,12 +57,6 @@ class StoredVersions:
         if not versions:
             del self._versions[name]
 
-    def add(self, key: Key) -> None:
-        """A version this process has just stored, known before the next `follow`."""
-        with self._lock:
-            if key not in self._stamps:
-                self._set(key, self.store.stamp(*key))
-
     def __contains__(self, key: Key) -> bool:
         return key in self._stamps
 

@@ -221,12 +221,23 @@ def test_concurrent_predictions_while_importing_and_deleting(served: TestClient)
             statuses.append(served.put("/adapters/churn", content=data).status_code)
             statuses.append(served.delete("/adapters/churn").status_code)
 
-    threads = [threading.Thread(target=predict) for _ in range(6)] + [
-        threading.Thread(target=churn)]
+    crashed: list[BaseException] = []
+
+    def guarded(body: Any) -> Any:  # an exception in a thread must fail the test, not vanish
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:
+                crashed.append(exc)
+        return run
+
+    threads = [threading.Thread(target=guarded(predict)) for _ in range(6)] + [
+        threading.Thread(target=guarded(churn))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not crashed
     assert not [s for s in statuses if s >= 500]
     assert set(statuses) <= {200, 201, 404}
     assert not mismatches
