@@ -198,8 +198,8 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_info(encoder: FrozenEncoder) -> dict[str, Any]:
-    info = encoder.info
+def runtime_info() -> dict[str, Any]:
+    """When and on what a benchmark ran: the interpreter, torch and the CPU."""
     return {
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -207,6 +207,13 @@ def machine_info(encoder: FrozenEncoder) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
+    }
+
+
+def machine_info(encoder: FrozenEncoder) -> dict[str, Any]:
+    info = encoder.info
+    return {
+        **runtime_info(),
         "device": str(encoder.device),
         "dtype": str(encoder.dtype).removeprefix("torch."),
         "base_model": info.name,

@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
@@ -57,13 +55,13 @@ from bench.common import (
     DEFAULT_DATA_DIR,
     CpuMonitor,
     Step,
-    cpu_model,
     emit,
     latency_ms,
     load_texts,
     log,
     percentile,
     run_interleaved,
+    runtime_info,
     setup_logging,
     throughput,
 )
@@ -253,14 +251,9 @@ def check_mixed(model: Any, tokenizer: Any, batch: Batch, texts: list[str], name
 def machine(model: Any) -> dict[str, Any]:
     config = model.config
     return {
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **runtime_info(),
         "transformers": version("transformers"),
         "peft": version("peft"),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
         "device": "cpu",
         "dtype": "float32",
         "base_model": BASE_MODEL_NAME,

@@ -182,7 +182,7 @@ class AdapterRegistry:
     def _read(self, key: Key, evict_host: bool) -> HostAdapter:
         """Read, verify and decode a version from disk; kept in the host tier when it has room."""
         t0 = time.perf_counter()
-        loaded = self.store.load(key[0], key[1], self.encoder.info)
+        loaded = self.store.load(key[0], key[1], self.encoder.info, self.metadata(key))
         adapter, head = loaded.adapter, loaded.head
         if self._on_gpu:  # page-locked, so the copy to the device runs asynchronously
             adapter = {k: t.pin_memory() for k, t in adapter.items()}

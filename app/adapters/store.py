@@ -217,10 +217,12 @@ class AdapterStore:
         except FileNotFoundError:
             raise AdapterNotFoundError(f"adapter {name!r} has no version {version}") from None
 
-    def load(self, name: str, version: int, base: BaseModelInfo) -> LoadedAdapter:
-        """Read and validate one version: checksum, base, tensor names/shapes/dtypes, finiteness."""
+    def load(self, name: str, version: int, base: BaseModelInfo,
+             meta: AdapterMetadata | None = None) -> LoadedAdapter:
+        """Read and validate one version: checksum, base, tensor names/shapes/dtypes, finiteness.
+        `meta`: its metadata when the caller has read it already."""
         source = f"adapter {name!r} v{version}"
-        meta = self.metadata(name, version)
+        meta = meta or self.metadata(name, version)
         data = self.weights_bytes(name, version)
         if fmt.sha256(data) != meta.weights_sha256:
             raise InvalidAdapterError(
