@@ -20,7 +20,7 @@ from torch import nn
 
 from app.adapters.format import AdapterMetadata, join, new_metadata
 from app.adapters.store import AdapterStore
-from app.model.adapter import AdapterConfig, AdapterSet
+from app.model.adapter import AdapterConfig, AdapterSet, Dims
 from app.model.encoder import FrozenEncoder
 from app.tasks import HeadConfig, build_head
 
@@ -227,7 +227,7 @@ def random_adapter(config: AdapterConfig, head_config: HeadConfig, hidden_size: 
                    num_layers: int, std: float = 0.02) -> tuple[AdapterSet, nn.Module]:
     """An adapter set with every parameter drawn from N(0, std), so it is not an identity (a
     fresh one has a zero up-projection), and a head with its usual random init."""
-    adapter = AdapterSet(config, hidden_size, num_layers)
+    adapter = AdapterSet(config, Dims(hidden_size, num_layers, 4 * hidden_size))
     with torch.no_grad():
         for p in adapter.parameters():
             p.normal_(0.0, std)

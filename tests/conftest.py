@@ -36,7 +36,7 @@ def random_adapter(encoder: FrozenEncoder, config: AdapterConfig | None = None,
     torch.manual_seed(seed)
     config = config or AdapterConfig()
     head = head or HeadConfig(task_type="classification", labels=["neg", "pos"])
-    adapter = AdapterSet(config, encoder.info.hidden_size, encoder.info.num_layers)
+    adapter = AdapterSet(config, encoder.info.dims)
     for p in adapter.parameters():
         torch.nn.init.normal_(p, std=scale)
     head_module = build_head(head, encoder.info.hidden_size)

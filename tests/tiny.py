@@ -32,5 +32,5 @@ def build_tiny_bert(directory: Path, seed: int = 0) -> Path:
         vocab_size=len(dict.fromkeys(vocab)), hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=37, max_position_embeddings=128,
     )
-    BertModel(config, add_pooling_layer=False).save_pretrained(directory)
+    BertModel(config).save_pretrained(directory)  # with a pooler, as BERT checkpoints have
     return directory

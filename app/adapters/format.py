@@ -23,7 +23,7 @@ from app.constants import (
     SAFETENSORS_METADATA_KEY,
 )
 from app.errors import IncompatibleAdapterError, InvalidAdapterError
-from app.model.adapter import AdapterConfig, tensor_shapes
+from app.model.adapter import AdapterConfig, Dims, tensor_shapes
 from app.model.encoder import BaseModelInfo
 from app.tasks import HeadConfig, TaskType, build_head, get_task
 
@@ -38,6 +38,11 @@ class BaseModelRef(BaseModel):
     hidden_size: int = Field(ge=1)
     num_layers: int = Field(ge=1)
     fingerprint: str
+    intermediate_size: int = Field(0, ge=0, description="0: not recorded (older files).")
+
+    @property
+    def dims(self) -> Dims:
+        return Dims(self.hidden_size, self.num_layers, self.intermediate_size)
 
 
 class AdapterMetadata(BaseModel):
@@ -69,6 +74,9 @@ class AdapterMetadata(BaseModel):
         if self.head_config.labels != self.labels:
             raise ValueError("head_config.labels differ from labels")
         get_task(self.task_type).check_labels(self.labels)
+        ffn = {"intermediate", "output"} & set(self.adapter_config.sites())
+        if ffn and not self.base_model.intermediate_size:
+            raise ValueError(f"LoRA on {sorted(ffn)} needs base_model.intermediate_size")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         return self
@@ -77,7 +85,7 @@ class AdapterMetadata(BaseModel):
         """Every tensor name (with prefix) the weights file must hold, and its shape."""
         ref = self.base_model
         shapes = {ADAPTER_PREFIX + k: v for k, v in
-                  tensor_shapes(self.adapter_config, ref.hidden_size, ref.num_layers).items()}
+                  tensor_shapes(self.adapter_config, ref.dims).items()}
         with torch.device("meta"):  # shapes only: nothing is allocated
             head = build_head(self.head_config, ref.hidden_size)
         shapes.update({HEAD_PREFIX + k: tuple(v.shape) for k, v in head.state_dict().items()})
@@ -197,12 +205,16 @@ def check_tensors(header: dict[str, Any], meta: AdapterMetadata, source: str) ->
 
 def check_base(meta: AdapterMetadata, base: BaseModelInfo) -> None:
     ref = meta.base_model
-    if (ref.hidden_size, ref.num_layers) != (base.hidden_size, base.num_layers):
+    if (ref.hidden_size, ref.num_layers) != (base.hidden_size, base.num_layers) or (
+            ref.intermediate_size and ref.intermediate_size != base.intermediate_size):
         raise IncompatibleAdapterError(
             f"adapter {meta.name!r} v{meta.version} was trained for a base with hidden size "
             f"{ref.hidden_size} and {ref.num_layers} layers; the service runs {base.name!r} "
             f"with hidden size {base.hidden_size} and {base.num_layers} layers"
         )
+    problem = base.unsupported(meta.adapter_config)
+    if problem is not None:
+        raise IncompatibleAdapterError(f"adapter {meta.name!r} v{meta.version}: {problem}")
     if ref.fingerprint != base.fingerprint:
         raise IncompatibleAdapterError(
             f"adapter {meta.name!r} v{meta.version} was trained on base {ref.name!r} "

@@ -69,7 +69,7 @@ class AdapterRegistry:
         self.store = store
         self.encoder = encoder
         self.budgets = budgets
-        self.bank = AdapterBank(encoder.info.hidden_size, encoder.info.num_layers,
+        self.bank = AdapterBank(encoder.info.dims,
                                 encoder.device, encoder.dtype, budget_bytes=budgets.device_bytes)
         self.host = HostTier(budgets.host_bytes)
         self.stats = TierStats()

@@ -3,29 +3,77 @@
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn import functional
 
-from app.model.adapter import ACTIVATIONS, POSITIONS, AdapterConfig, point_index
+from app.model.adapter import (
+    ACTIVATIONS,
+    LORA_SITES,
+    POSITIONS,
+    AdapterConfig,
+    Dims,
+    LayerNorm,
+    Recipe,
+    plain_block,
+    point_index,
+    run_recipe,
+    site_index,
+)
 
 NULL_SLOT = 0  # all-zero weights: rows routed here see the bare base
 # Slots reserved at once when the bank is sized from a byte budget; beyond them it grows by doubling.
 MAX_RESERVED_SLOTS = 1 << 16
+ADAPTER_LN_EPS = 1e-5  # the adapters' own layer norms (torch's default, as AdapterHub's)
+BOTTLENECK, LORA = "bottleneck", "lora"
 
 
 @dataclass
 class PointWeights:
-    """Stacked weights at one injection point; slot s holds one adapter, zero-padded to rank R."""
+    """Stacked weights at one point; slot s holds one adapter, zero-padded to rank R.
 
-    down_w: Tensor  # (S, H, R)
-    down_b: Tensor  # (S, R)
-    up_w: Tensor  # (S, R, H)
-    up_b: Tensor  # (S, H)
+    A bottleneck point holds down (S, H, R) + bias, up (S, R, H) + bias and, once an adapter has
+    one, its layer norm after (S, H) x 2; its layer norm before is folded into `down`. A LoRA site
+    holds A^T as `down` (S, in, R) and scale * B^T as `up` (S, R, out), without biases.
+    """
 
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.down_w, self.down_b, self.up_w, self.up_b
+    down_w: Tensor
+    down_b: Tensor | None
+    up_w: Tensor
+    up_b: Tensor | None
+    ln_w: Tensor | None = None
+    ln_b: Tensor | None = None
+
+    def tensors(self) -> list[Tensor]:
+        return [t for t in (self.down_w, self.down_b, self.up_w, self.up_b, self.ln_w, self.ln_b)
+                if t is not None]
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    method: str
+    rank: int
+    activation: str
+    recipe: Recipe
+
+
+class _Family:
+    """The points of one kind (bottleneck positions or LoRA sites), padded to one rank."""
+
+    def __init__(self, kind: str, shapes: list[tuple[int, int]]) -> None:
+        self.kind = kind
+        self.shapes = shapes  # (in, out) per point
+        self.points: list[PointWeights | None] = [None] * len(shapes)
+        self.present: list[set[int]] = [set() for _ in shapes]  # slots with weights
+        self.rank = 0
+
+    def point_bytes(self, point: int, rank: int, itemsize: int) -> int:
+        d_in, d_out = self.shapes[point]
+        biases = (rank + d_out) if self.kind == BOTTLENECK else 0
+        return (d_in * rank + rank * d_out + biases) * itemsize
 
 
 class AdapterBank:
@@ -40,41 +88,53 @@ class AdapterBank:
     released it, so in-flight rows never see another adapter's weights.
     """
 
-    def __init__(self, hidden_size: int, num_layers: int, device: torch.device,
-                 dtype: torch.dtype, budget_bytes: int = 0) -> None:
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
+    def __init__(self, dims: Dims, device: torch.device, dtype: torch.dtype,
+                 budget_bytes: int = 0) -> None:
+        self.dims = dims
+        self.hidden_size = dims.hidden_size
         self.device = device
         self.dtype = dtype
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
         self._capacity = 0  # slots, including the null slot
-        self._rank = 0
-        self._points: list[PointWeights | None] = [None] * (num_layers * len(POSITIONS))
-        self._present: list[set[int]] = [set() for _ in self._points]  # slots with weights
-        self._slot_rank: dict[int, int] = {}
-        self._slot_act: dict[int, str] = {}
+        h = dims.hidden_size
+        self._families = {
+            BOTTLENECK: _Family(BOTTLENECK, [(h, h)] * (dims.num_layers * len(POSITIONS))),
+            LORA: _Family(LORA, [dims.site(s) for _ in range(dims.num_layers) for s in LORA_SITES]),
+        }
+        self._slots: dict[int, SlotInfo] = {}
         self._free: list[int] = []
 
     # ------------------------------------------------------------------------------ sizing
-    def _point_bytes(self, rank: int) -> int:
-        """One slot's bytes at one point, at rank `rank`."""
-        h = self.hidden_size
-        return (2 * h * rank + rank + h) * self.dtype.itemsize
-
-    def _points_with(self, config: AdapterConfig | None) -> int:
-        allocated = {p for p, w in enumerate(self._points) if w is not None}
-        if config is not None:
-            allocated |= {point_index(layer, pos) for layer in range(self.num_layers)
-                          for pos in config.positions()}
-        return len(allocated)
+    def _own(self, config: AdapterConfig) -> tuple[_Family, set[int], int]:
+        """The family an adapter of `config` goes into, its points there and its rank."""
+        layers = range(self.dims.num_layers)
+        if config.method == LORA:
+            return (self._families[LORA],
+                    {site_index(i, s) for i in layers for s in config.sites()}, config.r)
+        return (self._families[BOTTLENECK],
+                {point_index(i, p) for i in layers for p in config.positions()},
+                config.bottleneck(self.hidden_size))
 
     def bytes_with(self, config: AdapterConfig | None = None) -> int:
         """Bytes the occupied slots take, counting one more adapter of `config` when given
-        (every slot is padded to the widest resident adapter, at every allocated point)."""
-        rank = max(self._rank, config.bottleneck(self.hidden_size) if config else 0)
-        slots = len(self._slot_rank) + (config is not None)
-        return slots * self._points_with(config) * self._point_bytes(rank)
+        (every slot is padded to the widest resident adapter of a kind, at every allocated point
+        of every kind)."""
+        slots = len(self._slots) + (config is not None)
+        own = self._own(config) if config is not None else None
+        item = self.dtype.itemsize
+        total = 0
+        for family in self._families.values():
+            rank = family.rank
+            points = {p for p, w in enumerate(family.points) if w is not None}
+            norms = {p for p, w in enumerate(family.points) if w is not None and w.ln_w is not None}
+            if own is not None and own[0] is family:
+                rank, points = max(rank, own[2]), points | own[1]
+                if config is not None and config.ln_after:
+                    norms |= own[1]
+            total += slots * sum(family.point_bytes(p, rank, item) for p in points)
+            total += slots * sum(2 * family.shapes[p][1] * item for p in norms)
+        return total
 
     @property
     def used_bytes(self) -> int:
@@ -82,7 +142,7 @@ class AdapterBank:
 
     @property
     def resident(self) -> int:
-        return len(self._slot_rank)
+        return len(self._slots)
 
     # ----------------------------------------------------------------------------- mutation
     def add(self, config: AdapterConfig, tensors: dict[str, Tensor]) -> int:
@@ -91,104 +151,152 @@ class AdapterBank:
         On a GPU the copies are issued on the calling thread's current stream: a caller on a side
         stream records an event after this and makes the batch that uses the slot wait for it.
         """
-        rank = config.bottleneck(self.hidden_size)
-        own = {point_index(layer, pos) for layer in range(self.num_layers)
-               for pos in config.positions()}
+        family, own, rank = self._own(config)
         with self._lock:
-            self._ensure(rank, own)
+            self._ensure(family, rank, own, config)
             slot = self._take_slot()
-            for point, weights in enumerate(self._points):
-                if weights is None:
-                    continue
-                if point in own:
-                    layer, pos = divmod(point, len(POSITIONS))
-                    self._write(slot, weights, f"layers.{layer}.{POSITIONS[pos]}", tensors)
-                    self._present[point].add(slot)
-                else:
-                    for t in weights.tensors():
-                        t[slot].zero_()
-            self._slot_rank[slot] = rank
-            self._slot_act[slot] = config.activation
+            for fam in self._families.values():
+                for point, weights in enumerate(fam.points):
+                    if weights is None:
+                        continue
+                    if fam is family and point in own:
+                        self._write(fam, point, slot, weights, config, tensors)
+                        fam.present[point].add(slot)
+                    else:
+                        for t in weights.tensors():
+                            t[slot].zero_()
+            self._slots[slot] = SlotInfo(config.method, rank, config.activation, config.recipe())
             return slot
 
     def remove(self, slot: int) -> None:
         """Free a slot for reuse (its next adapter overwrites it whole)."""
         with self._lock:
-            if slot == NULL_SLOT or slot not in self._slot_rank:
+            if slot == NULL_SLOT or slot not in self._slots:
                 return
-            for present in self._present:
-                present.discard(slot)
-            del self._slot_rank[slot], self._slot_act[slot]
+            for family in self._families.values():
+                for present in family.present:
+                    present.discard(slot)
+            del self._slots[slot]
             self._free.append(slot)
 
     def _take_slot(self) -> int:
         if not self._free:
             slot = self._capacity
-            self._grow(capacity=max(2, self._capacity * 2), rank=self._rank)
+            self._grow(capacity=max(2, self._capacity * 2))
             self._free.extend(range(self._capacity - 1, slot - 1, -1))
         return self._free.pop()
 
-    def _reserved_slots(self, rank: int, points: int) -> int:
-        """Slots that `budget_bytes` pays for at this rank and number of points (plus the null one)."""
-        per_slot = max(1, points * self._point_bytes(rank))
-        return 1 + min(MAX_RESERVED_SLOTS, self.budget_bytes // per_slot)
-
-    def _ensure(self, rank: int, points: set[int]) -> None:
-        """Stacks wide enough for `rank` at every one of `points`."""
+    def _ensure(self, family: _Family, rank: int, points: set[int], config: AdapterConfig) -> None:
+        """Stacks wide enough for `rank` at every one of `points` (with layer norm stacks when
+        the adapter has them)."""
         if self._capacity == 0:
-            all_points = len(points)
-            capacity = max(2, self._reserved_slots(rank, all_points))
-            self._grow(capacity=capacity, rank=rank)
+            family.rank = rank
+            per_slot = max(1, sum(family.point_bytes(p, rank, self.dtype.itemsize) for p in points))
+            capacity = max(2, 1 + min(MAX_RESERVED_SLOTS, self.budget_bytes // per_slot))
+            self._capacity = capacity
             self._free.extend(range(capacity - 1, NULL_SLOT, -1))
-        elif rank > self._rank:
-            self._grow(capacity=self._capacity, rank=rank)
+        elif rank > family.rank:
+            self._grow_family(family, self._capacity, rank)
+        occupied = [NULL_SLOT, *self._slots]
         for p in points:
-            if self._points[p] is None:
-                weights = self._alloc(self._capacity, self._rank)
-                self._zero(weights, [NULL_SLOT, *self._slot_rank])
-                self._points[p] = weights
+            if family.points[p] is None:
+                family.rank = max(family.rank, rank)
+                weights = self._alloc(family, p, self._capacity, family.rank, ln=False)
+                self._zero(weights.tensors(), occupied)
+                family.points[p] = weights
+            held = family.points[p]
+            assert held is not None
+            weights = held
+            if config.ln_after and family.kind == BOTTLENECK and weights.ln_w is None:
+                weights.ln_w, weights.ln_b = (self._empty(self._capacity, family.shapes[p][1])
+                                              for _ in range(2))
+                self._zero([weights.ln_w, weights.ln_b], occupied)
 
-    def _alloc(self, slots: int, rank: int) -> PointWeights:
-        h = self.hidden_size
+    def _empty(self, *shape: int) -> Tensor:  # written slot by slot: untouched slots cost nothing
+        return torch.empty(*shape, device=self.device, dtype=self.dtype)
 
-        def empty(*shape: int) -> Tensor:  # written slot by slot: untouched slots cost nothing
-            return torch.empty(*shape, device=self.device, dtype=self.dtype)
+    def _alloc(self, family: _Family, point: int, slots: int, rank: int, ln: bool
+               ) -> PointWeights:
+        d_in, d_out = family.shapes[point]
+        bias = family.kind == BOTTLENECK
+        return PointWeights(
+            self._empty(slots, d_in, rank), self._empty(slots, rank) if bias else None,
+            self._empty(slots, rank, d_out), self._empty(slots, d_out) if bias else None,
+            self._empty(slots, d_out) if ln else None, self._empty(slots, d_out) if ln else None)
 
-        return PointWeights(empty(slots, h, rank), empty(slots, rank), empty(slots, rank, h),
-                            empty(slots, h))
-
-    def _zero(self, weights: PointWeights, slots: list[int]) -> None:
+    def _zero(self, tensors: list[Tensor], slots: list[int]) -> None:
         index = torch.tensor(slots, dtype=torch.long, device=self.device)
-        for t in weights.tensors():
+        for t in tensors:
             t.index_fill_(0, index, 0)
 
-    def _grow(self, capacity: int, rank: int) -> None:
-        """Replace every stack by one of `capacity` slots at `rank`, keeping the occupied slots."""
-        keep = [NULL_SLOT, *sorted(self._slot_rank)]
-        for p, old in enumerate(self._points):
+    def _grow(self, capacity: int) -> None:
+        for family in self._families.values():
+            self._grow_family(family, capacity, family.rank)
+        self._capacity = capacity
+
+    def _grow_family(self, family: _Family, capacity: int, rank: int) -> None:
+        """Replace the family's stacks by ones of `capacity` slots at `rank`, keeping the
+        occupied slots."""
+        keep = [NULL_SLOT, *sorted(self._slots)]
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        for p, old in enumerate(family.points):
             if old is None:
                 continue
-            new = self._alloc(capacity, rank)
-            self._zero(new, keep)
-            index = torch.tensor(keep, dtype=torch.long, device=self.device)
-            r = old.down_b.shape[1]
+            new = self._alloc(family, p, capacity, rank, ln=old.ln_w is not None)
+            self._zero(new.tensors(), keep)
+            r = old.down_w.shape[2]
             new.down_w[index, :, :r] = old.down_w[index]
-            new.down_b[index, :r] = old.down_b[index]
             new.up_w[index, :r, :] = old.up_w[index]
-            new.up_b[index] = old.up_b[index]
-            self._points[p] = new
-        self._capacity, self._rank = capacity, rank
+            for name in ("down_b", "up_b", "ln_w", "ln_b"):
+                src, dst = getattr(old, name), getattr(new, name)
+                if src is None:
+                    continue
+                if name == "down_b":  # index assignment writes in place (a gather would copy)
+                    dst[index, :r] = src[index]
+                else:
+                    dst[index] = src[index]
+            family.points[p] = new
+        family.rank = rank
 
-    def _write(self, slot: int, w: PointWeights, key: str, tensors: dict[str, Tensor]) -> None:
-        r = tensors[f"{key}.down.weight"].shape[0]
-        # Linear weights are (out, in); the stacks hold (in, out) for x @ W.
-        w.down_w[slot, :, :r].copy_(tensors[f"{key}.down.weight"].t(), non_blocking=True)
-        w.down_b[slot, :r].copy_(tensors[f"{key}.down.bias"], non_blocking=True)
-        w.up_w[slot, :r, :].copy_(tensors[f"{key}.up.weight"].t(), non_blocking=True)
-        w.up_b[slot].copy_(tensors[f"{key}.up.bias"], non_blocking=True)
-        if r < self._rank:  # padding: zero, so the extra bottleneck units add nothing
+    def _write(self, family: _Family, point: int, slot: int, w: PointWeights,
+               config: AdapterConfig, tensors: dict[str, Tensor]) -> None:
+        def put(dst: Tensor, src: Tensor) -> None:
+            dst.copy_(src, non_blocking=True)
+
+        rank = family.rank
+        if family.kind == LORA:
+            layer, s = divmod(point, len(LORA_SITES))
+            key = f"layers.{layer}.lora.{LORA_SITES[s]}"
+            a, b = tensors[f"{key}.A"], tensors[f"{key}.B"]
+            r = a.shape[0]
+            put(w.down_w[slot, :, :r], a.t())
+            put(w.up_w[slot, :r, :], b.t() * config.lora_scale())
+        else:
+            layer, pos = divmod(point, len(POSITIONS))
+            key = f"layers.{layer}.{POSITIONS[pos]}"
+            down_w, down_b = tensors[f"{key}.down.weight"].t(), tensors[f"{key}.down.bias"]
+            r = down_b.shape[0]
+            if config.ln_before:  # LN(x) W = norm(x) (g * W) + b W: the affine part folds in
+                g, beta = tensors[f"{key}.ln_before.weight"], tensors[f"{key}.ln_before.bias"]
+                down_b = down_b + beta.to(down_w.dtype) @ down_w
+                down_w = g.unsqueeze(1) * down_w
+            scale = config.scaling
+            assert w.down_b is not None and w.up_b is not None
+            put(w.down_w[slot, :, :r], down_w)
+            put(w.down_b[slot, :r], down_b)
+            put(w.up_w[slot, :r, :], tensors[f"{key}.up.weight"].t() * scale)
+            put(w.up_b[slot], tensors[f"{key}.up.bias"] * scale)
+            if w.ln_w is not None and w.ln_b is not None:
+                if config.ln_after:
+                    put(w.ln_w[slot], tensors[f"{key}.ln_after.weight"])
+                    put(w.ln_b[slot], tensors[f"{key}.ln_after.bias"])
+                else:
+                    w.ln_w[slot].zero_()
+                    w.ln_b[slot].zero_()
+            if r < rank:
+                w.down_b[slot, r:].zero_()
+        if r < rank:  # padding: zero, so the extra units add nothing
             w.down_w[slot, :, r:].zero_()
-            w.down_b[slot, r:].zero_()
             w.up_w[slot, r:, :].zero_()
 
     # ------------------------------------------------------------------------------ routing
@@ -198,53 +306,134 @@ class AdapterBank:
             return RowRouting(self, slots)
 
 
+@dataclass
+class _Group:
+    """Rows of a batch that one computation serves: one adapter kind, recipe and activation."""
+
+    rows: Tensor | None  # None: every row of the batch
+    slots: Tensor  # their slots, for gathering
+    single: int | None  # the one slot they all use, if so (no gather)
+    rank: int
+    activation: str
+    recipe: Recipe
+
+
 class RowRouting:
     """A snapshot of the bank for one forward pass (an AdapterRouting); O(rows + points) to take,
-    whatever the number of resident adapters."""
+    whatever the number of resident adapters.
+
+    At each point the rows are grouped by what they compute: one group (every row, one recipe and
+    activation) is the common case and needs no indexing; rows without weights at a point skip
+    it; rows of other recipes run as their own sub-batches.
+    """
 
     def __init__(self, bank: AdapterBank, slots: list[int]) -> None:
-        self._points = list(bank._points)
-        unique = sorted(set(slots))
-        self._single = unique[0] if len(unique) == 1 else None
-        self._single_rank = bank._slot_rank.get(self._single, 0) if self._single else 0
-        # The points where the single adapter has weights (elsewhere its slot holds zeros).
-        self._single_points = ({p for p, present in enumerate(bank._present)
-                                if self._single in present} if self._single else set())
-        self._slots = torch.tensor(slots, dtype=torch.long, device=bank.device)
-        self._skip = unique == [NULL_SLOT]
-        acts = {bank._slot_act[s] for s in unique if s != NULL_SLOT}
-        # Rows of one activation are the common case; mixed activations are applied by mask.
-        self._act_masks: list[tuple[str, Tensor | None]] = (
-            [(acts.pop() if acts else "relu", None)] if len(acts) <= 1 else [
-                (a, torch.tensor([bank._slot_act.get(s) == a for s in slots], device=bank.device))
-                for a in sorted(acts)
-            ]
-        )
+        self._hidden = bank.hidden_size
+        self._device = bank.device
+        self._families = {k: (list(f.points), f.present, f.rank)
+                          for k, f in bank._families.items()}
+        self._info = {s: bank._slots[s] for s in set(slots) if s != NULL_SLOT}
+        self._row_slots = slots
+        self._skip = not self._info
+        self._groups: dict[tuple[str, frozenset[int]], list[_Group]] = {}
 
-    def delta(self, point: int, hidden: Tensor) -> Tensor | None:
-        w = self._points[point]
-        if self._skip or w is None:
-            return None
-        b, t, h = hidden.shape
-        if self._single is not None:
-            s, r = self._single, self._single_rank
-            if point not in self._single_points:
-                return None
-            z = torch.addmm(w.down_b[s, :r], hidden.reshape(b * t, h), w.down_w[s, :, :r])
-            z = ACTIVATIONS[self._act_masks[0][0]](z)  # (B*T, r)
-            return torch.addmm(w.up_b[s], z, w.up_w[s, :r, :]).view(b, t, h)
-        slots = self._slots  # index_select: a plain gather, cheaper than advanced indexing
-        z = torch.baddbmm(w.down_b.index_select(0, slots).unsqueeze(1), hidden,
-                          w.down_w.index_select(0, slots))  # (B, T, R)
-        z = self._activate(z)
-        return torch.baddbmm(w.up_b.index_select(0, slots).unsqueeze(1), z,
-                             w.up_w.index_select(0, slots))  # (B, T, H)
+    def _groups_at(self, kind: str, point: int) -> list[_Group]:
+        present = self._families[kind][1][point]
+        here = frozenset(s for s in self._info if s in present)
+        cached = self._groups.get((kind, here))
+        if cached is not None:
+            return cached
+        by: dict[tuple[Recipe, str], list[int]] = defaultdict(list)
+        for i, s in enumerate(self._row_slots):
+            if s in here:
+                info = self._info[s]
+                by[(info.recipe, info.activation)].append(i)
+        groups = []
+        every = len(by) == 1 and len(next(iter(by.values()))) == len(self._row_slots)
+        for (recipe, act), rows in by.items():
+            slots = [self._row_slots[i] for i in rows]
+            single = slots[0] if len(set(slots)) == 1 else None
+            groups.append(_Group(
+                None if every else torch.tensor(rows, dtype=torch.long, device=self._device),
+                torch.tensor(slots, dtype=torch.long, device=self._device), single,
+                self._info[single].rank if single is not None else self._families[kind][2],
+                act, recipe))
+        self._groups[(kind, here)] = groups
+        return groups
 
-    def _activate(self, z: Tensor) -> Tensor:
-        if len(self._act_masks) == 1:
-            return ACTIVATIONS[self._act_masks[0][0]](z)
-        out = z
-        for name, mask in self._act_masks:
-            assert mask is not None  # one mask per activation when there are several
-            out = torch.where(mask.view(-1, 1, 1), ACTIVATIONS[name](z), out)
+    # ------------------------------------------------------------------------------- LoRA
+    def lora(self, site: int, x: Tensor, y: Tensor) -> Tensor:
+        w = None if self._skip else self._families[LORA][0][site]
+        if w is None:
+            return y
+        for g in self._groups_at(LORA, site):
+            xs = x if g.rows is None else x.index_select(0, g.rows)
+            if g.single is not None:
+                s, r = g.single, g.rank
+                b, t, d = xs.shape
+                update = (xs.reshape(b * t, d) @ w.down_w[s, :, :r] @ w.up_w[s, :r, :]
+                          ).view(b, t, -1)
+            else:
+                update = torch.bmm(torch.bmm(xs, w.down_w.index_select(0, g.slots)),
+                                   w.up_w.index_select(0, g.slots))
+            y = y.add_(update) if g.rows is None else y.index_add_(0, g.rows, update)
+        return y
+
+    # ------------------------------------------------------------------------- bottleneck
+    def bottleneck(self, point: int, y: Tensor, residual: Tensor | None,
+                   layer_norm: LayerNorm | None) -> Tensor:
+        w = None if self._skip else self._families[BOTTLENECK][0][point]
+        groups = [] if w is None else self._groups_at(BOTTLENECK, point)
+        if w is None or not groups:
+            return plain_block(y, residual, layer_norm)
+        if groups[0].rows is None:  # every row, one computation
+            return self._run(w, groups[0], y, residual, layer_norm)
+        out = plain_block(y, residual, layer_norm)
+        for g in groups:
+            assert g.rows is not None
+            ys = y.index_select(0, g.rows)
+            rs = None if residual is None else residual.index_select(0, g.rows)
+            out.index_copy_(0, g.rows, self._run(w, g, ys, rs, layer_norm))
         return out
+
+    def _run(self, w: PointWeights, g: _Group, y: Tensor, residual: Tensor | None,
+             layer_norm: LayerNorm | None) -> Tensor:
+        act = ACTIVATIONS[g.activation]
+        h = self._hidden
+        assert w.down_b is not None and w.up_b is not None
+        if g.single is not None:
+            s, r = g.single, g.rank
+            down_w, down_b = w.down_w[s, :, :r], w.down_b[s, :r]
+            up_w, up_b = w.up_w[s, :r, :], w.up_b[s]
+
+            def mlp(x: Tensor) -> Tensor:
+                if g.recipe.ln_before:
+                    x = functional.layer_norm(x, (h,), eps=ADAPTER_LN_EPS)
+                b, t, _ = x.shape
+                z = act(torch.addmm(down_b, x.reshape(b * t, h), down_w))
+                return torch.addmm(up_b, z, up_w).view(b, t, h)
+
+            ln_w = None if w.ln_w is None else w.ln_w[s]
+            ln_b = None if w.ln_b is None else w.ln_b[s]
+        else:
+            slots = g.slots  # index_select: a plain gather, cheaper than advanced indexing
+            gdw, gdb = w.down_w.index_select(0, slots), w.down_b.index_select(0, slots)
+            guw, gub = w.up_w.index_select(0, slots), w.up_b.index_select(0, slots)
+
+            def mlp(x: Tensor) -> Tensor:
+                if g.recipe.ln_before:
+                    x = functional.layer_norm(x, (h,), eps=ADAPTER_LN_EPS)
+                z = act(torch.baddbmm(gdb.unsqueeze(1), x, gdw))  # (B, T, R)
+                return torch.baddbmm(gub.unsqueeze(1), z, guw)  # (B, T, H)
+
+            ln_w = None if w.ln_w is None else w.ln_w.index_select(0, slots).unsqueeze(1)
+            ln_b = None if w.ln_b is None else w.ln_b.index_select(0, slots).unsqueeze(1)
+        ln_after = None
+        if g.recipe.ln_after:
+            assert ln_w is not None and ln_b is not None
+            weight, bias = ln_w, ln_b
+
+            def ln_after(v: Tensor) -> Tensor:
+                return functional.layer_norm(v, (h,), eps=ADAPTER_LN_EPS) * weight + bias
+
+        return run_recipe(g.recipe, y, residual, layer_norm, mlp, ln_after)

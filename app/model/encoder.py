@@ -15,8 +15,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from app.errors import UnsupportedModelError
-from app.model.adapter import AdapterRouting, RoutingHook
-from app.model.injection import inject
+from app.model.adapter import NATIVE, AdapterConfig, AdapterRouting, Dims, RoutingHook
+from app.model.injection import find_layout, inject
 from app.model.tokenization import EncodedBatch, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,24 @@ class BaseModelInfo:
     hidden_size: int
     num_layers: int
     fingerprint: str
+    intermediate_size: int = 0  # LoRA on the feed-forward projections needs it
+    output_blocks: bool = True  # BERT output-block modules: every bottleneck option works
 
     def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "output_blocks"}
+
+    def unsupported(self, config: AdapterConfig) -> str | None:
+        """Why this base cannot run an adapter of `config`, or None when it can."""
+        if config.method == "bottleneck" and config.recipe() != NATIVE and not self.output_blocks:
+            return (f"the bottleneck options original_ln_before/after, residual_before_ln, "
+                    f"adapter_residual_before_ln, ln_before and ln_after need a BERT-style "
+                    f"encoder with output-block modules; {self.model_type!r} supports only "
+                    f"their defaults")
+        return None
+
+    @property
+    def dims(self) -> Dims:
+        return Dims(self.hidden_size, self.num_layers, self.intermediate_size)
 
 
 def resolve_model_path(name: str) -> tuple[str, str]:
@@ -81,14 +96,19 @@ class FrozenEncoder:
     """A pretrained encoder with adapter hooks in every layer; its own weights never change."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: TextEncoder, info: BaseModelInfo,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype,
+                 pooler: dict[str, Tensor] | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
         self.device = device
         self.dtype = dtype
         self.hook = RoutingHook()
-        inject(model, info.model_type, self.hook)
+        # The checkpoint's pooler (dense + tanh on the first token), which the encoder does not
+        # run; heads that use it (imported BertForSequenceClassification, AdapterHub's
+        # use_pooler) copy its weights. None when the checkpoint has none.
+        self.pooler = pooler
+        self.layout = inject(model, info.model_type, self.hook)
 
     @classmethod
     def load(cls, name: str = "", device: str = "auto", dtype: str = "auto",
@@ -97,8 +117,8 @@ class FrozenEncoder:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = _load_model(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)  # type: ignore[no-untyped-call,unused-ignore]
+            model, pooler = _load_model(path)
         except (OSError, ValueError) as exc:
             raise UnsupportedModelError(f"cannot load base model {display!r}: {exc}") from exc
         if not getattr(tokenizer, "is_fast", False):
@@ -107,6 +127,9 @@ class FrozenEncoder:
         info = BaseModelInfo(
             name=display, model_type=model_type, hidden_size=model.config.hidden_size,
             num_layers=model.config.num_hidden_layers, fingerprint=fingerprint(model, model_type),
+            intermediate_size=int(getattr(model.config, "intermediate_size", 0)
+                                  or getattr(model.config, "hidden_dim", 0) or 0),
+            output_blocks=find_layout(model, model_type).blocks,
         )
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
@@ -118,7 +141,7 @@ class FrozenEncoder:
         text = TextEncoder(tokenizer, min(max_seq_length, limit))
         log.info("base model %s loaded on %s (%s), fingerprint %s", display, dev, dt,
                  info.fingerprint[:12])
-        return cls(model, text, info, dev, dt)
+        return cls(model, text, info, dev, dt, pooler)
 
     def forward(self, batch: EncodedBatch, routing: AdapterRouting | None = None) -> Tensor:
         """(B, T) ids -> (B, T, H) last hidden states, each row through its routed adapter."""
@@ -138,11 +161,17 @@ class FrozenEncoder:
         return {n: p for n, p in self.model.named_parameters()}
 
 
-def _load_model(path: str) -> PreTrainedModel:
+def _load_model(path: str) -> tuple[PreTrainedModel, dict[str, Tensor] | None]:
+    """The encoder without its pooler, and the pooler's weights when the checkpoint has them."""
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
         raise OSError(f"{path} has no config.json")
-    try:
-        model: PreTrainedModel = AutoModel.from_pretrained(path, add_pooling_layer=False)
-    except TypeError:  # encoders without a pooler (DistilBERT) do not take the argument
-        model = AutoModel.from_pretrained(path)
-    return model
+    model: PreTrainedModel
+    model, loading = AutoModel.from_pretrained(path, output_loading_info=True)
+    dense = getattr(getattr(model, "pooler", None), "dense", None)
+    pooler = None
+    # A pooler the checkpoint lacks is freshly initialised: no head may use that one.
+    if isinstance(dense, nn.Linear) and not any("pooler" in k for k in loading["missing_keys"]):
+        pooler = {k: v.detach().float().clone() for k, v in dense.state_dict().items()}
+    if getattr(model, "pooler", None) is not None:
+        setattr(model, "pooler", None)  # noqa: B010 (the encoder returns hidden states only)
+    return model, pooler

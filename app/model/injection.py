@@ -2,31 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 
 from app.errors import UnsupportedModelError
-from app.model.adapter import AdaptedLinear, RoutingHook, point_index
+from app.model.adapter import AdaptedBlock, AdaptedLinear, RoutingHook, point_index, site_index
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Attribute paths: the layer list in the model, the two output projections in a layer."""
+    """Attribute paths inside one transformer layer (and the layer list in the model).
+
+    `sites` are the projections LoRA can target, by LORA_SITES name; `ffn_out`/`attn_out` the
+    output projections after which a bottleneck runs. Where `blocks` is true, their parents are
+    BERT output blocks (dense, dropout, LayerNorm) and the bottleneck runs inside them.
+    """
 
     layers: str
     ffn_out: str
     attn_out: str
+    sites: dict[str, str]
+    blocks: bool = False
 
 
-BERT_LAYOUT = Layout("encoder.layer", "output.dense", "attention.output.dense")
+BERT_LAYOUT = Layout("encoder.layer", "output.dense", "attention.output.dense", {
+    "query": "attention.self.query", "key": "attention.self.key",
+    "value": "attention.self.value", "attn_output": "attention.output.dense",
+    "intermediate": "intermediate.dense", "output": "output.dense",
+}, blocks=True)
 LAYOUTS: dict[str, Layout] = {
     **{t: BERT_LAYOUT for t in (
         "bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text",
         "roberta-prelayernorm", "xlm-roberta-xl",
     )},
-    "mpnet": Layout("encoder.layer", "output.dense", "attention.attn.o"),
-    "distilbert": Layout("transformer.layer", "ffn.lin2", "attention.out_lin"),
+    "mpnet": Layout("encoder.layer", "output.dense", "attention.attn.o", {
+        "query": "attention.attn.q", "key": "attention.attn.k", "value": "attention.attn.v",
+        "attn_output": "attention.attn.o", "intermediate": "intermediate.dense",
+        "output": "output.dense",
+    }),
+    "distilbert": Layout("transformer.layer", "ffn.lin2", "attention.out_lin", {
+        "query": "attention.q_lin", "key": "attention.k_lin", "value": "attention.v_lin",
+        "attn_output": "attention.out_lin", "intermediate": "ffn.lin1", "output": "ffn.lin2",
+    }),
 }
 
 
@@ -39,14 +59,25 @@ def _get(root: nn.Module, path: str) -> nn.Module | None:
     return node if isinstance(node, nn.Module) else None
 
 
+def _is_block(module: nn.Module | None) -> bool:
+    return module is not None and all(
+        isinstance(getattr(module, a, None), m)
+        for a, m in (("dense", nn.Linear), ("dropout", nn.Dropout), ("LayerNorm", nn.LayerNorm)))
+
+
 def find_layout(model: nn.Module, model_type: str) -> Layout:
     """The layout for this model, by type or, for an unlisted BERT-like type, by structure."""
-    candidates = [LAYOUTS[model_type]] if model_type in LAYOUTS else list(dict.fromkeys(LAYOUTS.values()))
+    candidates = ([LAYOUTS[model_type]] if model_type in LAYOUTS
+                  else list({id(layout): layout for layout in LAYOUTS.values()}.values()))
     for layout in candidates:
         layers = _get(model, layout.layers)
         if isinstance(layers, nn.ModuleList) and len(layers) > 0 and all(
-            isinstance(_get(layers[0], p), nn.Linear) for p in (layout.ffn_out, layout.attn_out)
+            isinstance(_get(layers[0], p), nn.Linear)
+            for p in (layout.ffn_out, layout.attn_out, *layout.sites.values())
         ):
+            if layout.blocks and not all(_is_block(_get(layers[0], p.rpartition(".")[0]))
+                                         for p in (layout.ffn_out, layout.attn_out)):
+                continue
             return layout
     raise UnsupportedModelError(
         f"encoder type {model_type!r} ({type(model).__name__}) is not supported: adapters need "
@@ -55,17 +86,29 @@ def find_layout(model: nn.Module, model_type: str) -> Layout:
     )
 
 
-def inject(model: nn.Module, model_type: str, hook: RoutingHook) -> int:
-    """Wrap every layer's output projections with AdaptedLinear; returns the number of layers."""
+def _replace(root: nn.Module, path: str, wrap: Callable[[nn.Module], nn.Module]) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = _get(root, parent_path) if parent_path else root
+    base = getattr(parent, attr)
+    if isinstance(base, AdaptedLinear | AdaptedBlock):
+        raise RuntimeError("adapters are already injected into this model")
+    setattr(parent, attr, wrap(base))
+
+
+def inject(model: nn.Module, model_type: str, hook: RoutingHook) -> Layout:
+    """Wrap every layer's LoRA sites with AdaptedLinear and its output blocks (or, without block
+    modules, its output projections) with the bottleneck; returns the layout used."""
     layout = find_layout(model, model_type)
     layers = _get(model, layout.layers)
     assert isinstance(layers, nn.ModuleList)
     for i, layer in enumerate(layers):
-        for position, path in (("ffn", layout.ffn_out), ("attn", layout.attn_out)):
-            parent_path, _, attr = path.rpartition(".")
-            parent = _get(layer, parent_path) if parent_path else layer
-            base = getattr(parent, attr)
-            if isinstance(base, AdaptedLinear):
-                raise RuntimeError("adapters are already injected into this model")
-            setattr(parent, attr, AdaptedLinear(base, point_index(i, position), hook))
-    return len(layers)
+        outputs = {layout.ffn_out: point_index(i, "ffn"), layout.attn_out: point_index(i, "attn")}
+        for site, path in layout.sites.items():
+            point = None if layout.blocks else outputs.get(path)
+            _replace(layer, path, partial(AdaptedLinear, site=site_index(i, site), point=point,
+                                          hook=hook))
+        if layout.blocks:
+            for path, point in outputs.items():
+                _replace(layer, path.rpartition(".")[0], partial(AdaptedBlock, point=point,
+                                                                 hook=hook))
+    return layout

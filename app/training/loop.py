@@ -149,7 +149,7 @@ class _Trainer:
         self.rng = random.Random(config.seed)
         self.task = get_task(data.task_type)
         info = encoder.info
-        self.adapter = AdapterSet(config.adapter_config(), info.hidden_size, info.num_layers)
+        self.adapter = AdapterSet(config.adapter_config(), info.dims)
         self.head = self.task.build_head(config.head_config(data.task_type, data.labels),
                                          info.hidden_size)
         self.adapter.to(encoder.device)

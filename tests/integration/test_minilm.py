@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from app.adapters.format import encode, join, new_metadata
 from app.config import Settings
 from app.main import create_app
-from app.model.adapter import AdapterConfig, AdapterSet
+from app.model.adapter import AdapterConfig, AdapterSet, Dims
 from app.model.encoder import EMBEDDED_MODEL_NAME, FrozenEncoder
 from app.tasks import HeadConfig, build_head
 
@@ -34,13 +34,13 @@ def test_embedded_model_loads_offline(minilm: FrozenEncoder) -> None:
 def test_identity_adapter_and_mixed_rows_on_minilm(minilm: FrozenEncoder) -> None:
     batch = minilm.tokenizer.collate(minilm.tokenizer.encode(
         ["a gripping, funny film", "dull and slow", "the cast is superb"]))
-    adapter = AdapterSet(AdapterConfig(), 384, 6).eval()
+    adapter = AdapterSet(AdapterConfig(), Dims(384, 6, 1536)).eval()
     torch.testing.assert_close(minilm.forward(batch, adapter), minilm.forward(batch))
 
 
 def test_import_and_predict_through_the_api(minilm: FrozenEncoder, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    adapter = AdapterSet(AdapterConfig(), 384, 6)
+    adapter = AdapterSet(AdapterConfig(), Dims(384, 6, 1536))
     head_cfg = HeadConfig(task_type="classification", labels=["negative", "positive"])
     head = build_head(head_cfg, 384)
     data = encode(new_metadata("sst2", head_cfg, adapter.config, minilm.info),

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from app.errors import UnsupportedModelError
-from app.model.adapter import AdapterConfig, AdapterSet, RoutingHook
+from app.model.adapter import LORA_SITES, AdapterConfig, AdapterSet, Dims, RoutingHook
 from app.model.encoder import FrozenEncoder, fingerprint
 from app.model.injection import inject
 
@@ -37,15 +37,18 @@ def test_other_encoder_families_take_adapters(model) -> None:  # type: ignore[no
     ids = torch.randint(5, 99, (2, 7))
     bare = m(input_ids=ids).last_hidden_state
     hook = RoutingHook()
-    assert inject(m, m.config.model_type, hook) == 2
-    adapter = AdapterSet(AdapterConfig(placement="houlsby"), 32, 2)
-    for p in adapter.parameters():
-        torch.nn.init.normal_(p, std=0.3)
-    hook.set(adapter)
-    adapted = m(input_ids=ids).last_hidden_state
-    hook.set(None)
-    torch.testing.assert_close(m(input_ids=ids).last_hidden_state, bare)
-    assert not torch.allclose(adapted, bare, atol=1e-3)
+    layout = inject(m, m.config.model_type, hook)
+    assert layout.blocks == (m.config.model_type == "roberta")  # BERT-style output blocks
+    lora = AdapterConfig(method="lora", target_modules=list(LORA_SITES))
+    for config in (AdapterConfig(placement="houlsby"), lora):
+        adapter = AdapterSet(config, Dims(32, 2, 37))
+        for p in adapter.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        hook.set(adapter)
+        adapted = m(input_ids=ids).last_hidden_state
+        hook.set(None)
+        torch.testing.assert_close(m(input_ids=ids).last_hidden_state, bare)
+        assert not torch.allclose(adapted, bare, atol=1e-3)
 
 
 def test_unsupported_encoder_fails_with_a_clear_message() -> None:
