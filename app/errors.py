@@ -42,6 +42,12 @@ class InvalidAdapterError(ServiceError):
     code = "invalid_adapter"
 
 
+class UnsupportedAdapterError(InvalidAdapterError):
+    """An adapter saved by another library with an option this service cannot compute exactly."""
+
+    code = "unsupported_adapter"
+
+
 class IncompatibleAdapterError(ServiceError):
     """A well-formed adapter that does not fit the loaded base model."""
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from app.errors import InvalidInputError
+from app.model.adapter import Activation
 from app.model.tokenization import Feature, TextEncoder
 from app.tasks.registry import TaskType
 
@@ -23,6 +24,11 @@ class HeadConfig(BaseModel):
     labels: list[str] = Field(default_factory=list, description="Class names (classification).")
     pooling: Literal["mean", "cls"] = Field("mean", description="How the sequence is pooled.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before each head layer (training).")
+    layers: int | None = Field(None, ge=1, le=2, description="Linear layers: 1 (the output layer "
+                               "only) or 2 (a hidden layer first); default: the task type's.")
+    activation: Activation = Field("tanh", description="Non-linearity after the hidden layer.")
+    use_pooler: bool = Field(False, description="Sentence heads: start with a pooler (dense + "
+                             "tanh of the first token), as BERT's, instead of `pooling`.")
 
 
 @dataclass(frozen=True)

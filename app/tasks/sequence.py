@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from app.errors import InvalidInputError
+from app.model.adapter import ACTIVATIONS
 from app.model.tokenization import Feature, TextEncoder
 from app.tasks.base import Examples, Head, HeadConfig, Task
 
@@ -22,21 +23,28 @@ def pool(hidden: Tensor, attention_mask: Tensor, mode: str) -> Tensor:
 
 
 class SequenceHead(Head):
-    """Pooled sequence -> dense + tanh -> `outputs` numbers (logits, or one value)."""
+    """Pooled sequence (or BERT's pooler) -> [dense + activation] -> `outputs` numbers (logits,
+    or one value). The default: mean pooling, a tanh hidden layer."""
 
     def __init__(self, config: HeadConfig, hidden_size: int) -> None:
         super().__init__(config, hidden_size)
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.pooler = nn.Linear(hidden_size, hidden_size) if config.use_pooler else None
+        self.dense = nn.Linear(hidden_size, hidden_size) if (config.layers or 2) == 2 else None
         self.out = nn.Linear(hidden_size, self.outputs())
         self.dropout = nn.Dropout(config.dropout)
+        self.act = ACTIVATIONS[config.activation]
 
     @abstractmethod
     def outputs(self) -> int:
         """Width of the output layer."""
 
     def features(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:  # -> (B, n_out)
-        x = pool(hidden, attention_mask, self.config.pooling)
-        x = torch.tanh(self.dense(self.dropout(x)))
+        if self.pooler is not None:
+            x = torch.tanh(self.pooler(hidden[:, 0]))
+        else:
+            x = pool(hidden, attention_mask, self.config.pooling)
+        if self.dense is not None:
+            x = self.act(self.dense(self.dropout(x)))
         out: Tensor = self.out(self.dropout(x))
         return out
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from app.errors import InvalidInputError
+from app.model.adapter import ACTIVATIONS
 from app.model.tokenization import Feature, TextEncoder
 from app.tasks.base import (
     DecodeOptions,
@@ -88,9 +89,13 @@ class TokenClassificationHead(Head):
     def __init__(self, config: HeadConfig, hidden_size: int) -> None:
         super().__init__(config, hidden_size)
         self.dropout = nn.Dropout(config.dropout)
+        self.dense = nn.Linear(hidden_size, hidden_size) if config.layers == 2 else None
+        self.act = ACTIVATIONS[config.activation]
         self.out = nn.Linear(hidden_size, len(config.labels))
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:  # -> (B, T, L)
+        if self.dense is not None:
+            hidden = self.act(self.dense(self.dropout(hidden)))
         logits: Tensor = self.out(self.dropout(hidden))
         return logits
 

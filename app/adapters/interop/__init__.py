@@ -1,0 +1,105 @@
+"""Adapters saved by other libraries (AdapterHub's `adapters`, Hugging Face PEFT): converted
+once into this service's own format on import, and back into the library's on export.
+
+Each library has its module here with `convert(directory, base) -> Converted` and
+`export(meta, tensors, base) -> dict[str, bytes]`. A converter refuses (UnsupportedAdapterError,
+422) every option it cannot compute exactly, naming the option and what is supported: an
+imported adapter is never served wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from torch import Tensor
+
+from app.adapters.format import AdapterMetadata
+from app.errors import InvalidAdapterError, UnsupportedAdapterError
+from app.model.adapter import AdapterConfig
+from app.model.encoder import BaseModelInfo
+from app.tasks import HeadConfig
+
+Library = Literal["adapterhub", "peft"]
+LIBRARIES: tuple[str, ...] = get_args(Library)
+CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class BaseContext:
+    """What a conversion needs to know about the served base."""
+
+    info: BaseModelInfo
+    vocab_size: int
+    pooler: dict[str, Tensor] | None  # the checkpoint's pooler dense (weight, bias), if any
+
+
+@dataclass(frozen=True)
+class ClaimedBase:
+    """What the library's files say about the base they were trained on (None: not said)."""
+
+    name: str | None = None
+    model_type: str | None = None
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    vocab_size: int | None = None
+
+
+@dataclass
+class Converted:
+    """An imported adapter in this service's terms, ready for the store."""
+
+    adapter: AdapterConfig
+    head: HeadConfig
+    tensors: dict[str, Tensor]  # "adapter.*" and "head.*" names, as format.join makes them
+    source: dict[str, Any]  # recorded in the metadata: library, its config, files read
+    base: ClaimedBase = field(default_factory=ClaimedBase)
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise InvalidAdapterError(
+            f"no {CONFIG_FILE} in the uploaded directory: expected one saved by AdapterHub "
+            f"(model.save_adapter(dir, name, with_head=True)) or PEFT (model.save_pretrained(dir))")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidAdapterError(f"{CONFIG_FILE} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise InvalidAdapterError(f"{CONFIG_FILE} must be a JSON object")
+    return config
+
+
+def detect(directory: Path) -> Library:
+    """Which library saved `directory`, from its adapter_config.json."""
+    config = read_config(directory)
+    if "peft_type" in config:
+        return "peft"
+    if isinstance(config.get("config"), dict) and ("model_type" in config or "name" in config):
+        return "adapterhub"
+    raise InvalidAdapterError(
+        f"{CONFIG_FILE} is neither AdapterHub's (with 'config', 'model_type', 'name') nor PEFT's "
+        f"(with 'peft_type'); found keys {sorted(config)[:10]}")
+
+
+def _module(library: str) -> Any:
+    if library not in LIBRARIES:
+        raise UnsupportedAdapterError(f"format must be one of {list(LIBRARIES)}, got {library!r}")
+    return importlib.import_module(f"app.adapters.interop.{library}")
+
+
+def convert(directory: Path, base: BaseContext) -> Converted:
+    """The adapter saved in `directory` by either library, converted."""
+    converted: Converted = _module(detect(directory)).convert(directory, base)
+    return converted
+
+
+def export(library: str, meta: AdapterMetadata, tensors: dict[str, Tensor],
+           base: BaseContext) -> dict[str, bytes]:
+    """The files the library's loader reads (file name -> bytes), for one stored adapter."""
+    files: dict[str, bytes] = _module(library).export(meta, tensors, base)
+    return files
