@@ -39,7 +39,7 @@ from adapters import (  # noqa: E402 (only where the library is installed)
     SeqBnConfig,
     SeqBnInvConfig,
 )
-from adapters.heads import ClassificationHead  # noqa: E402
+from adapters.heads import ClassificationHead, MultiLabelClassificationHead  # noqa: E402
 
 NAME = "task"
 TEXTS = ["the film was good", "john visited paris today and it was fun", "bad", "not very fun"]
@@ -49,10 +49,11 @@ TAGS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 AddHead = Callable[[Any], None]
 
 
-def classification(**kwargs: Any) -> AddHead:
+def classification(multilabel: bool = False, **kwargs: Any) -> AddHead:
+    kind = MultiLabelClassificationHead if multilabel else ClassificationHead
+
     def add(model: Any) -> None:
-        model.add_prediction_head(ClassificationHead(model, NAME, **{
-            "num_labels": 3, "id2label": LABELS, **kwargs}))
+        model.add_prediction_head(kind(model, NAME, **{"num_labels": 3, "id2label": LABELS, **kwargs}))
     return add
 
 
@@ -97,6 +98,8 @@ def library_outputs(model: Any, batch: EncodedBatch) -> Tensor:
     if hasattr(out, "start_logits"):
         return torch.stack([out.start_logits, out.end_logits], -1)
     logits: Tensor = out.logits
+    if model.heads[NAME].config["head_type"] == "multilabel_classification":
+        return logits.sigmoid()
     return logits.squeeze(-1) if logits.shape[-1] == 1 else logits.softmax(-1)
 
 
@@ -168,7 +171,8 @@ def test_adapter_options_match_the_library(tiny_model_dir: Path, encoder: Frozen
     assert_same(our_outputs(encoder, conv, batch), expected, batch)
     model.set_active_adapters(None)  # the adapter matters: without it the numbers differ
     assert not torch.allclose(library_outputs(model, batch), expected, atol=1e-3)
-    assert conv.base.hidden_size == 32 and conv.base.model_type == "bert"
+    # left-out layers count: the base is described as the library saw it
+    assert (conv.base.hidden_size, conv.base.num_layers, conv.base.model_type) == (32, 2, "bert")
 
 
 HEADS: dict[str, AddHead] = {
@@ -183,6 +187,9 @@ HEADS: dict[str, AddHead] = {
     "classification_bias_false": classification(bias=False),
     "classification_without_labels": classification(id2label=None, num_labels=2),
     "regression": classification(num_labels=1, id2label=None),
+    "multilabel": classification(multilabel=True),
+    "multilabel_use_pooler_bias_false": classification(multilabel=True, use_pooler=True, bias=False),
+    "multilabel_one_label": classification(multilabel=True, num_labels=1, id2label={0: "spam"}),
     "tagging": tagging(),
     "tagging_2_layers": tagging(layers=2, activation_function="gelu"),
     "question_answering": qa,
@@ -204,6 +211,8 @@ def test_labels_task_types_and_source_are_recorded(tiny_model_dir: Path, encoder
         "classification": ("classification", ["neg", "neutral", "pos"], "cls"),
         "classification_without_labels": ("classification", ["LABEL_0", "LABEL_1"], "cls"),
         "regression": ("regression", [], "cls"),
+        "multilabel": ("multi_label_classification", ["neg", "neutral", "pos"], "cls"),
+        "multilabel_one_label": ("multi_label_classification", ["spam"], "cls"),
         "tagging": ("token_classification", list(TAGS.values()), None),
         "question_answering": ("question_answering", [], None),
     }
@@ -277,7 +286,8 @@ def test_export_of_a_converted_adapter_loads_into_the_library(
 
 
 @pytest.mark.parametrize("head_case", ["tagging_2_layers", "question_answering", "regression",
-                                       "classification_no_activation"])
+                                       "classification_no_activation",
+                                       "multilabel_use_pooler_bias_false"])
 def test_export_of_converted_heads_loads_into_the_library(
         tiny_model_dir: Path, encoder: FrozenEncoder, tmp_path: Path, head_case: str) -> None:
     model = library_model(tiny_model_dir, DoubleSeqBnConfig(), HEADS[head_case], seed=3)
@@ -299,6 +309,8 @@ NATIVE = [
      HeadConfig(task_type="regression", pooling="cls", activation="relu")),
     (AdapterConfig(placement="houlsby", activation="sigmoid"),
      HeadConfig(task_type="token_classification", labels=list(TAGS.values()), layers=2)),
+    (AdapterConfig(original_ln_before=True, original_ln_after=False, residual_before_ln=False),
+     HeadConfig(task_type="multi_label_classification", labels=["x", "y", "z"], pooling="cls")),
 ]
 
 
@@ -349,8 +361,6 @@ def test_adapters_that_cannot_be_computed_exactly_are_refused(
 
 
 REFUSED_HEADS: dict[str, tuple[AddHead, str]] = {
-    "multilabel": (lambda m: m.add_classification_head(NAME, num_labels=3, multilabel=True),
-                   "multilabel_classification"),
     "multiple_choice": (lambda m: m.add_multiple_choice_head(NAME), "head_type 'multiple_choice'"),
     "three_layers": (classification(layers=3), "layers=3"),
     "activation_mish": (classification(activation_function="mish"), "activation_function 'mish'"),
@@ -402,6 +412,34 @@ def test_a_config_without_version_reads_gelu_as_adapter_transformers_did(
     assert hub.convert(directory, _base(encoder)).adapter.activation == "gelu_new"
 
 
+def test_weights_under_adapter_transformers_names_are_read(
+        tiny_model_dir: Path, encoder: FrozenEncoder, tmp_path: Path) -> None:
+    model = library_model(tiny_model_dir, DoubleSeqBnConfig(), classification())
+    directory = save(model, tmp_path)
+    state = torch.load(directory / "pytorch_adapter.bin", weights_only=True)
+    legacy = {k.replace("attention.output.adapters", "attention.output.attention_text_task_adapters")
+              .replace("output.adapters", "output.layer_text_task_adapters"): v for k, v in state.items()}
+    assert legacy.keys() != state.keys()
+    torch.save(legacy, directory / "pytorch_adapter.bin")
+    batch = _batch(encoder)
+    conv = hub.convert(directory, _base(encoder))
+    assert_same(our_outputs(encoder, conv, batch), library_outputs(model, batch), batch)
+
+
+@pytest.mark.parametrize("saved_with,read_with,message", [
+    ({"ln_after": True}, {"ln_after": False}, r"\['adapter_norm_after.bias', .*\] do not fit"),
+    ({"scaling": "channel"}, {"scaling": 1.0}, r"\['scaling'\] do not fit"),
+    ({}, {"ln_after": True}, r"adapter_norm_after.weight of shape \(32,\) expected, found nothing"),
+])
+def test_weights_that_do_not_fit_the_config_are_refused(
+        tiny_model_dir: Path, encoder: FrozenEncoder, tmp_path: Path, saved_with: dict[str, Any],
+        read_with: dict[str, Any], message: str) -> None:
+    directory = save(library_model(tiny_model_dir, SeqBnConfig(**saved_with), classification()), tmp_path)
+    _edit(directory / "adapter_config.json", **read_with)
+    with pytest.raises(InvalidAdapterError, match=message):
+        hub.convert(directory, _base(encoder))
+
+
 def test_a_directory_without_head_is_refused(tiny_model_dir: Path, encoder: FrozenEncoder,
                                              tmp_path: Path) -> None:
     model = library_model(tiny_model_dir, SeqBnConfig(), classification())
@@ -426,6 +464,8 @@ def test_export_refuses_what_adapterhub_cannot_express(encoder: FrozenEncoder) -
         (AdapterConfig(), HeadConfig(task_type="classification", labels=["a", "b"]),
          "pooling='mean'"),
         (AdapterConfig(), HeadConfig(task_type="regression"), "pooling='mean'"),
+        (AdapterConfig(), HeadConfig(task_type="multi_label_classification", labels=["a"]),
+         "pooling='mean'"),
         (AdapterConfig(), HeadConfig(task_type="classification", labels=["a", "b"], use_pooler=True),
          "its own pooler"),
     ]

@@ -86,10 +86,12 @@ SUPPORTED = (
     "residual_before_ln, adapter_residual_before_ln, ln_before/after, scaling (a number, 'learned' or "
     "'channel') and leave_out")
 HEAD_TYPES = {"classification": "classification (regression with num_labels 1)",
+              "multilabel_classification": "multi_label_classification",
               "tagging": "token_classification", "question_answering": "question_answering"}
 SUPPORTED_HEADS = (
     f"supported: head_type {', '.join(f'{k} -> {v}' for k, v in HEAD_TYPES.items())}, with 1 or 2 "
     f"layers and activation_function one of {sorted(k for k, v in ACTIVATION_NAMES.items() if v)}")
+SENTENCE_TASKS = ("classification", "regression", "multi_label_classification")  # CLS heads
 Point = tuple[int, str]  # (layer, position)
 
 
@@ -358,9 +360,6 @@ def _labels(config: dict[str, Any], n: int) -> list[str]:
 def _head_task(config: dict[str, Any]) -> tuple[TaskType, int]:
     """(our task type, output width) for a head config."""
     head_type, n = config.get("head_type"), config.get("num_labels")
-    if head_type == "multilabel_classification":
-        raise _head_unsupported("head_type 'multilabel_classification' is not supported yet (this "
-                                "service has no multi-label task type)")
     if head_type not in HEAD_TYPES:
         raise _head_unsupported(f"head_type {head_type!r} is not supported")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -371,6 +370,8 @@ def _head_task(config: dict[str, Any]) -> tuple[TaskType, int]:
         return "question_answering", 2
     if head_type == "tagging":
         return "token_classification", n
+    if head_type == "multilabel_classification":
+        return "multi_label_classification", n
     return ("regression", 1) if n == 1 else ("classification", n)
 
 
@@ -400,7 +401,8 @@ def _head(directory: Path, base: BaseContext) -> tuple[HeadConfig, dict[str, Ten
         raise _head_unsupported(f"{HEAD_CONFIG} has no flex head config (a static head such as "
                                 f"BertForSequenceClassification's is not supported)")
     task_type, n = _head_task(config)
-    layers, use_pooler = config.get("layers", 1), bool(config.get("use_pooler", False))
+    layers = config.get("layers", 1)
+    use_pooler = bool(config.get("use_pooler")) and task_type in SENTENCE_TASKS
     if layers not in (1, 2) or (layers == 2 and task_type == "question_answering"):
         raise _head_unsupported(f"a {config['head_type']} head with layers={layers!r}")
     state, file = read_weights(directory, HEAD_WEIGHTS)
@@ -419,7 +421,7 @@ def _head(directory: Path, base: BaseContext) -> tuple[HeadConfig, dict[str, Ten
     tensors: dict[str, Tensor] = {}
     for part, (w, b) in zip(("dense", "out") if layers == 2 else ("out",), weights, strict=True):
         tensors[f"{part}.weight"], tensors[f"{part}.bias"] = w, b
-    if use_pooler and task_type in ("classification", "regression"):
+    if use_pooler:
         if base.pooler is None:
             raise _head_unsupported("use_pooler=true reads the base model's pooler, and the served "
                                     f"base {base.info.name} has none")
@@ -427,7 +429,7 @@ def _head(directory: Path, base: BaseContext) -> tuple[HeadConfig, dict[str, Ten
     dropout = config.get("dropout_prob")
     head = HeadConfig(
         task_type=task_type,
-        labels=_labels(config, n) if task_type in ("classification", "token_classification") else [],
+        labels=[] if task_type in ("regression", "question_answering") else _labels(config, n),
         pooling="cls", layers=layers, activation=act or "tanh", use_pooler=use_pooler,
         dropout=dropout if isinstance(dropout, int | float) and 0 <= dropout < 1 else 0.1)
     try:
@@ -444,19 +446,21 @@ def _export_head(meta: AdapterMetadata, head: dict[str, Tensor], base: BaseConte
     task = hc.task_type
     config: dict[str, Any] = {"label2id": {label: i for i, label in enumerate(hc.labels)} or None,
                               "activation_function": hc.activation, "dropout_prob": hc.dropout}
-    if task in ("classification", "regression"):
+    if task in SENTENCE_TASKS:
         if not hc.use_pooler and hc.pooling != "cls":
             raise UnsupportedAdapterError(
                 f"adapter {meta.name!r} has a head with pooling={hc.pooling!r}; AdapterHub's "
-                f"classification heads read the first token (pooling='cls') or BERT's pooler "
+                f"sentence heads read the first token (pooling='cls') or BERT's pooler "
                 f"(use_pooler=true): train it with one of those to export it to AdapterHub")
         if hc.use_pooler and (base.pooler is None or not all(
                 torch.equal(head[f"pooler.{k}"].float(), v.float()) for k, v in base.pooler.items())):
             raise UnsupportedAdapterError(
                 f"adapter {meta.name!r} has a head with its own pooler; AdapterHub's use_pooler "
                 f"reads the base checkpoint's pooler, which differs (or {base.info.name} has none)")
-        config.update(head_type="classification", num_labels=len(hc.labels) or 1, layers=hc.layers or 2,
-                      use_pooler=hc.use_pooler, bias=True)
+        multi = task == "multi_label_classification"
+        config.update(head_type="multilabel_classification" if multi else "classification",
+                      num_labels=len(hc.labels) or 1, layers=hc.layers or 2, use_pooler=hc.use_pooler,
+                      bias=True)
     elif task == "token_classification":
         config.update(head_type="tagging", num_labels=len(hc.labels), layers=hc.layers or 1)
     elif task == "question_answering":
