@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.testing import assert_close
 
+from app.adapters import interop
 from app.adapters.format import join, new_metadata, split
 from app.adapters.interop import BaseContext, Converted
 from app.adapters.interop import adapterhub as hub
@@ -218,7 +219,7 @@ def test_labels_task_types_and_source_are_recorded(tiny_model_dir: Path, encoder
     }
     for case, (task_type, labels, pooling) in expected.items():
         model = library_model(tiny_model_dir, SeqBnConfig(), HEADS[case])
-        conv = hub.convert(save(model, tmp_path / case), _base(encoder))
+        conv = interop.convert(save(model, tmp_path / case), _base(encoder))  # found by the seam
         assert (conv.head.task_type, conv.head.labels) == (task_type, labels)
         assert pooling is None or conv.head.pooling == pooling
     assert conv.source["library"] == "adapterhub"
@@ -278,7 +279,7 @@ def test_export_of_a_converted_adapter_loads_into_the_library(
     batch = _batch(encoder)
     conv = hub.convert(save(model, tmp_path / "saved"), _base(encoder))
     meta = new_metadata(NAME, conv.head, conv.adapter, encoder.info)
-    files = hub.export(meta, conv.tensors, _base(encoder))
+    files = interop.export("adapterhub", meta, conv.tensors, _base(encoder))
     assert set(files) == {"adapter_config.json", "head_config.json", "adapter.safetensors",
                           "pytorch_adapter.bin", "model_head.safetensors", "pytorch_model_head.bin"}
     loaded = _load_export(tiny_model_dir, _write(files, tmp_path / "export"), safetensors)

@@ -5,7 +5,11 @@ Import reads what `model.save_adapter(dir, name, with_head=True)` writes: adapte
 pytorch_adapter.bin or adapter.safetensors, head_config.json, pytorch_model_head.bin or
 model_head.safetensors. Every option that changes the math maps onto AdapterConfig's bottleneck
 recipe; options that only act in training (dropout, init_weights, stochastic_depth) are ignored;
-any other option is refused (UnsupportedAdapterError), by name. Exact rewrites:
+any other option is refused (UnsupportedAdapterError), by name. Heads: classification (regression
+when num_labels is 1), multilabel_classification, tagging and question_answering become this
+service's classification, regression, multi_label_classification, token_classification and
+question_answering heads; sentence heads pool by the first token, as AdapterHub's do. Exact
+rewrites:
 
 - scaling "learned" (a scalar) and "channel" (a vector) are folded into the up-projection;
 - leave_out layers get zero bottleneck weights, which compute what a layer without adapter does
@@ -389,6 +393,24 @@ def _linears(state: dict[str, Tensor], name: str) -> list[tuple[Tensor, Tensor |
     return [(p["weight"], p.get("bias")) for _, p in sorted(layers.items())]
 
 
+def _head_layers(linears: list[tuple[Tensor, Tensor | None]], layers: int, n: int,
+                 act: Activation | None, h: int) -> dict[str, Tensor]:
+    """The head's linear layers under our names ("dense", "out"), checked against the base."""
+    shapes = [(h, h)] * (layers - 1) + [(n, h)]
+    if [tuple(w.shape) for w, _ in linears] != shapes:
+        raise IncompatibleAdapterError(
+            f"AdapterHub head weights have shapes {[tuple(w.shape) for w, _ in linears]}; a "
+            f"{layers}-layer head of {n} outputs on the served hidden size {h} needs {shapes}")
+    weights = [(w, torch.zeros(w.shape[0]) if b is None else b) for w, b in linears]  # bias=False
+    if layers == 2 and act is None:  # no activation between them: one linear layer computes both
+        (w1, b1), (w2, b2) = ((w.double(), b.double()) for w, b in weights)
+        weights = [((w2 @ w1).float(), (w2 @ b1 + b2).float())]
+    tensors: dict[str, Tensor] = {}
+    for part, (w, b) in zip(("dense", "out")[2 - len(weights):], weights, strict=True):
+        tensors[f"{part}.weight"], tensors[f"{part}.bias"] = w, b
+    return tensors
+
+
 def _head(directory: Path, base: BaseContext) -> tuple[HeadConfig, dict[str, Tensor], dict[str, Any], str]:
     """The head's config, its tensors under our names, its raw config and weights file."""
     if not (directory / HEAD_CONFIG).is_file():
@@ -406,21 +428,8 @@ def _head(directory: Path, base: BaseContext) -> tuple[HeadConfig, dict[str, Ten
     if layers not in (1, 2) or (layers == 2 and task_type == "question_answering"):
         raise _head_unsupported(f"a {config['head_type']} head with layers={layers!r}")
     state, file = read_weights(directory, HEAD_WEIGHTS)
-    linears = _linears(state, str(raw.get("name")))
-    h = base.info.hidden_size
-    shapes = [(h, h)] * (layers - 1) + [(n, h)]
-    if [tuple(w.shape) for w, _ in linears] != shapes:
-        raise IncompatibleAdapterError(
-            f"AdapterHub head weights have shapes {[tuple(w.shape) for w, _ in linears]}; a "
-            f"{layers}-layer head of {n} outputs on the served hidden size {h} needs {shapes}")
-    weights = [(w, torch.zeros(w.shape[0]) if b is None else b) for w, b in linears]
     act = activation(config.get("activation_function"), "activation_function") if layers == 2 else None
-    if layers == 2 and act is None:  # no activation between them: one linear layer computes both
-        (w1, b1), (w2, b2) = ((w.double(), b.double()) for w, b in weights)
-        weights, layers = [((w2 @ w1).float(), (w2 @ b1 + b2).float())], 1
-    tensors: dict[str, Tensor] = {}
-    for part, (w, b) in zip(("dense", "out") if layers == 2 else ("out",), weights, strict=True):
-        tensors[f"{part}.weight"], tensors[f"{part}.bias"] = w, b
+    tensors = _head_layers(_linears(state, str(raw.get("name"))), layers, n, act, base.info.hidden_size)
     if use_pooler:
         if base.pooler is None:
             raise _head_unsupported("use_pooler=true reads the base model's pooler, and the served "
@@ -430,7 +439,8 @@ def _head(directory: Path, base: BaseContext) -> tuple[HeadConfig, dict[str, Ten
     head = HeadConfig(
         task_type=task_type,
         labels=[] if task_type in ("regression", "question_answering") else _labels(config, n),
-        pooling="cls", layers=layers, activation=act or "tanh", use_pooler=use_pooler,
+        pooling="cls", layers=2 if "dense.weight" in tensors else 1, activation=act or "tanh",
+        use_pooler=use_pooler,
         dropout=dropout if isinstance(dropout, int | float) and 0 <= dropout < 1 else 0.1)
     try:
         get_task(task_type).check_labels(head.labels)
