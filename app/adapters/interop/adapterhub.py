@@ -89,13 +89,31 @@ SUPPORTED = (
     "relu, gelu, gelu_new, swish, tanh, sigmoid or leakyrelu, original_ln_before/after, "
     "residual_before_ln, adapter_residual_before_ln, ln_before/after, scaling (a number, 'learned' or "
     "'channel') and leave_out")
-HEAD_TYPES = {"classification": "classification (regression with num_labels 1)",
-              "multilabel_classification": "multi_label_classification",
-              "tagging": "token_classification", "question_answering": "question_answering"}
+
+
+class HeadKind(NamedTuple):
+    """One AdapterHub head type as one of this service's task types."""
+
+    head_type: str  # AdapterHub's
+    task_type: TaskType  # ours
+    outputs: int | None  # a fixed output width; None: one per label
+    sentence: bool  # reads the first token or the base's pooler (use_pooler, bias options)
+    layers: int  # our head's default number of linear layers
+    max_layers: int
+
+
+HEAD_KINDS = (
+    HeadKind("classification", "regression", 1, True, 2, 2),  # num_labels 1
+    HeadKind("classification", "classification", None, True, 2, 2),
+    HeadKind("multilabel_classification", "multi_label_classification", None, True, 2, 2),
+    HeadKind("tagging", "token_classification", None, False, 1, 2),
+    HeadKind("question_answering", "question_answering", 2, False, 1, 1),
+)
+HEAD_KIND_OF_TASK = {kind.task_type: kind for kind in HEAD_KINDS}
 SUPPORTED_HEADS = (
-    f"supported: head_type {', '.join(f'{k} -> {v}' for k, v in HEAD_TYPES.items())}, with 1 or 2 "
-    f"layers and activation_function one of {sorted(k for k, v in ACTIVATION_NAMES.items() if v)}")
-SENTENCE_TASKS = ("classification", "regression", "multi_label_classification")  # CLS heads
+    f"supported: head_type {', '.join(f'{k.head_type} -> {k.task_type}' for k in HEAD_KINDS)}, with "
+    f"1 or 2 layers (question_answering: 1) and activation_function one of "
+    f"{sorted(k for k, v in ACTIVATION_NAMES.items() if v)}")
 Point = tuple[int, str]  # (layer, position)
 
 
@@ -361,22 +379,19 @@ def _labels(config: dict[str, Any], n: int) -> list[str]:
     return [names[i] for i in range(n)]
 
 
-def _head_task(config: dict[str, Any]) -> tuple[TaskType, int]:
-    """(our task type, output width) for a head config."""
+def _head_kind(config: dict[str, Any]) -> tuple[HeadKind, int]:
+    """The kind of a head config and its output width (num_labels)."""
     head_type, n = config.get("head_type"), config.get("num_labels")
-    if head_type not in HEAD_TYPES:
+    kinds = [k for k in HEAD_KINDS if k.head_type == head_type]
+    if not kinds:
         raise _head_unsupported(f"head_type {head_type!r} is not supported")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InvalidAdapterError(f"AdapterHub head: num_labels must be a positive integer, got {n!r}")
-    if head_type == "question_answering":
-        if n != 2:
-            raise _head_unsupported(f"a question_answering head with num_labels {n} (not start/end)")
-        return "question_answering", 2
-    if head_type == "tagging":
-        return "token_classification", n
-    if head_type == "multilabel_classification":
-        return "multi_label_classification", n
-    return ("regression", 1) if n == 1 else ("classification", n)
+    kind = next((k for k in kinds if k.outputs == n), None) or next(
+        (k for k in kinds if k.outputs is None), None)
+    if kind is None:
+        raise _head_unsupported(f"a {head_type} head with num_labels {n}")
+    return kind, n
 
 
 def _linears(state: dict[str, Tensor], name: str) -> list[tuple[Tensor, Tensor | None]]:
@@ -422,11 +437,11 @@ def _head(directory: Path, base: BaseContext) -> tuple[HeadConfig, dict[str, Ten
     if not isinstance(config, dict):
         raise _head_unsupported(f"{HEAD_CONFIG} has no flex head config (a static head such as "
                                 f"BertForSequenceClassification's is not supported)")
-    task_type, n = _head_task(config)
+    kind, n = _head_kind(config)
     layers = config.get("layers", 1)
-    use_pooler = bool(config.get("use_pooler")) and task_type in SENTENCE_TASKS
-    if layers not in (1, 2) or (layers == 2 and task_type == "question_answering"):
-        raise _head_unsupported(f"a {config['head_type']} head with layers={layers!r}")
+    use_pooler = bool(config.get("use_pooler")) and kind.sentence
+    if not isinstance(layers, int) or not 1 <= layers <= kind.max_layers:
+        raise _head_unsupported(f"a {kind.head_type} head with layers={layers!r}")
     state, file = read_weights(directory, HEAD_WEIGHTS)
     act = activation(config.get("activation_function"), "activation_function") if layers == 2 else None
     tensors = _head_layers(_linears(state, str(raw.get("name"))), layers, n, act, base.info.hidden_size)
@@ -437,13 +452,12 @@ def _head(directory: Path, base: BaseContext) -> tuple[HeadConfig, dict[str, Ten
         tensors.update({f"pooler.{k}": v.clone() for k, v in base.pooler.items()})
     dropout = config.get("dropout_prob")
     head = HeadConfig(
-        task_type=task_type,
-        labels=[] if task_type in ("regression", "question_answering") else _labels(config, n),
+        task_type=kind.task_type, labels=[] if kind.outputs else _labels(config, n),
         pooling="cls", layers=2 if "dense.weight" in tensors else 1, activation=act or "tanh",
         use_pooler=use_pooler,
         dropout=dropout if isinstance(dropout, int | float) and 0 <= dropout < 1 else 0.1)
     try:
-        get_task(task_type).check_labels(head.labels)
+        get_task(kind.task_type).check_labels(head.labels)
     except ValueError as exc:
         raise InvalidAdapterError(f"AdapterHub head: {exc}") from exc
     return head, tensors, config, file
@@ -453,10 +467,15 @@ def _export_head(meta: AdapterMetadata, head: dict[str, Tensor], base: BaseConte
                  ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The library's head config and its weights, for our head."""
     hc = meta.head_config
-    task = hc.task_type
-    config: dict[str, Any] = {"label2id": {label: i for i, label in enumerate(hc.labels)} or None,
-                              "activation_function": hc.activation, "dropout_prob": hc.dropout}
-    if task in SENTENCE_TASKS:
+    kind = HEAD_KIND_OF_TASK.get(hc.task_type)
+    if kind is None:
+        raise UnsupportedAdapterError(f"adapter {meta.name!r} is {hc.task_type}, which AdapterHub "
+                                      f"export does not cover: {SUPPORTED_HEADS}")
+    config: dict[str, Any] = {
+        "head_type": kind.head_type, "num_labels": kind.outputs or len(hc.labels),
+        "layers": min(hc.layers or kind.layers, kind.max_layers), "activation_function": hc.activation,
+        "label2id": {label: i for i, label in enumerate(hc.labels)} or None, "dropout_prob": hc.dropout}
+    if kind.sentence:
         if not hc.use_pooler and hc.pooling != "cls":
             raise UnsupportedAdapterError(
                 f"adapter {meta.name!r} has a head with pooling={hc.pooling!r}; AdapterHub's "
@@ -467,17 +486,7 @@ def _export_head(meta: AdapterMetadata, head: dict[str, Tensor], base: BaseConte
             raise UnsupportedAdapterError(
                 f"adapter {meta.name!r} has a head with its own pooler; AdapterHub's use_pooler "
                 f"reads the base checkpoint's pooler, which differs (or {base.info.name} has none)")
-        multi = task == "multi_label_classification"
-        config.update(head_type="multilabel_classification" if multi else "classification",
-                      num_labels=len(hc.labels) or 1, layers=hc.layers or 2, use_pooler=hc.use_pooler,
-                      bias=True)
-    elif task == "token_classification":
-        config.update(head_type="tagging", num_labels=len(hc.labels), layers=hc.layers or 1)
-    elif task == "question_answering":
-        config.update(head_type="question_answering", num_labels=2, layers=1)
-    else:
-        raise UnsupportedAdapterError(f"adapter {meta.name!r} is {task}, which AdapterHub export does "
-                                      f"not cover: {SUPPORTED_HEADS}")
+        config.update(use_pooler=hc.use_pooler, bias=True)
     # The library's head is nn.Sequential(Dropout, Linear, activation, Dropout, Linear).
     parts = (("dense", 1), ("out", 4)) if config["layers"] == 2 else (("out", 1),)
     state = {f"heads.{meta.name}.{i}.{p}": head[f"{part}.{p}"] for part, i in parts
