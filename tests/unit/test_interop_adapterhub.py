@@ -5,13 +5,16 @@ with the same numbers, and every option that cannot be computed exactly is refus
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from torch import Tensor
 from torch.testing import assert_close
 
@@ -99,7 +102,7 @@ def library_outputs(model: Any, batch: EncodedBatch) -> Tensor:
     if hasattr(out, "start_logits"):
         return torch.stack([out.start_logits, out.end_logits], -1)
     logits: Tensor = out.logits
-    if model.heads[NAME].config["head_type"] == "multilabel_classification":
+    if model.heads[model.active_head].config["head_type"] == "multilabel_classification":
         return logits.sigmoid()
     return logits.squeeze(-1) if logits.shape[-1] == 1 else logits.softmax(-1)
 
@@ -261,11 +264,11 @@ def _write(files: dict[str, bytes], directory: Path) -> Path:
     return directory
 
 
-def _load_export(model_dir: Path, directory: Path, safetensors: bool) -> Any:
+def _load_export(model_dir: Path, directory: Path, safetensors: bool, name: str = NAME) -> Any:
     model = BertAdapterModel.from_pretrained(model_dir)
-    name = model.load_adapter(str(directory), with_head=True, set_active=True,
-                              use_safetensors=safetensors)
-    assert name == NAME and NAME in model.heads
+    loaded = model.load_adapter(str(directory), with_head=True, set_active=True,
+                                use_safetensors=safetensors)
+    assert loaded == name and name in model.heads  # the head came too
     return model.eval()
 
 
@@ -481,3 +484,34 @@ def test_export_refuses_what_adapterhub_cannot_express(encoder: FrozenEncoder) -
 def test_exported_reduction_factor_gives_the_bottleneck_back(bottleneck: int) -> None:
     for hidden in (32, 384, 768, 1024):
         assert int(hidden // hub.reduction_factor(hidden, bottleneck)) == bottleneck
+
+
+def _zip(directory: Path) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for path in directory.iterdir():
+            z.write(path, f"saved/{path.name}")
+    return out.getvalue()
+
+
+@torch.no_grad()
+def test_imported_over_http_it_predicts_as_the_library_and_downloads_back(
+        tiny_model_dir: Path, encoder: FrozenEncoder, client: TestClient, tmp_path: Path) -> None:
+    model = library_model(tiny_model_dir, DoubleSeqBnConfig(scaling="learned", ln_after=True),
+                          classification(use_pooler=True), seed=4)
+    put = client.put("/adapters/hub", content=_zip(save(model, tmp_path / "saved")),
+                     headers={"content-type": "application/zip"})
+    assert put.status_code == 201, put.text
+    inputs = [{"text": t, **({"text_pair": p} if p else {})} for t, p in zip(TEXTS, PAIRS, strict=True)]
+    predictions = client.post("/predict/hub", json={"inputs": inputs}).json()["predictions"]
+    served = torch.tensor([[p["scores"][label] for label in LABELS.values()] for p in predictions])
+    batch = _batch(encoder)
+    expected = library_outputs(model, batch)
+    assert_close(served, expected, rtol=0, atol=1e-4)
+    download = client.get("/adapters/hub/download", params={"format": "adapterhub"})
+    assert download.status_code == 200, download.text
+    with zipfile.ZipFile(io.BytesIO(download.content)) as z:
+        z.extractall(tmp_path / "download")
+    [directory] = {p.parent for p in (tmp_path / "download").rglob("adapter_config.json")}
+    loaded = _load_export(tiny_model_dir, directory, safetensors=True, name="hub")
+    assert_close(library_outputs(loaded, batch), expected, rtol=0, atol=1e-4)
