@@ -1,4 +1,5 @@
-"""Core in-process benchmark: base vs one adapter vs a mixed batch, and adapter load time.
+"""Core in-process benchmark: base vs one adapter vs mixed batches (bottleneck, LoRA, both), and
+adapter load time.
 
     python -m bench.bench_core --data ../shared/data [--threads 2] [--batch-size 32] [--repeats 3]
 
@@ -55,6 +56,7 @@ from bench.common import (
 
 TARGET_ONE_ADAPTER = 0.95  # one adapter / bare base, sentences per second
 TARGET_MIXED = 0.90  # mixed batch / bare base
+TARGET_MIXED_KINDS = 0.95  # issue 14: 8 bottlenecks, 8 LoRAs, 4 + 4, each over the bare base
 TARGET_LOAD_MS = 10.0  # not resident -> resident and usable
 EVICTING_CAPACITY = 4
 LOAD_ROUNDS = 3  # each adapter's cold load is timed this many times; its fastest counts
@@ -76,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reduction-factor", type=float, default=AdapterConfig().reduction_factor,
                    help="adapter size: bottleneck = hidden size / this (default: the adapter "
                    "default, what training uses)")
+    p.add_argument("--lora-r", type=int, default=AdapterConfig().r, help="rank of the LoRAs")
+    p.add_argument("--lora-targets", default=",".join(AdapterConfig().target_modules),
+                   help="comma-separated LoRA sites (default: PEFT's for BERT, query,value)")
     return p.parse_args(argv)
 
 
@@ -208,32 +213,50 @@ def summarize(times: dict[str, list[list[float]]], rows: int) -> dict[str, Any]:
         per_s = {name: t[f"{stat}_per_s"] for name, t in tp.items()}
         ratios[f"one_adapter_over_base{suffix}"] = ratio(per_s["one_adapter"], per_s["base"])
         ratios[f"mixed_over_base{suffix}"] = ratio(per_s["mixed"], per_s["base"])
+        ratios[f"lora_mixed_over_base{suffix}"] = ratio(per_s["lora_mixed"], per_s["base"])
+        ratios[f"half_and_half_over_base{suffix}"] = ratio(per_s["half_and_half"], per_s["base"])
+        ratios[f"lora_mixed_over_mixed{suffix}"] = ratio(per_s["lora_mixed"], per_s["mixed"])
     return {"throughput_sentences_per_s": tp, "ratios": ratios}
+
+
+def lora_config(args: argparse.Namespace) -> AdapterConfig:
+    return AdapterConfig(method="lora", r=args.lora_r,
+                         target_modules=[t.strip() for t in args.lora_targets.split(",")])
 
 
 def measure(encoder: FrozenEncoder, features: list[Feature], batches: list[list[Feature]],
             args: argparse.Namespace, adapter_config: AdapterConfig) -> dict[str, Any]:
-    """Store random adapters in a temporary store, then run the sanity check and (a)-(d)."""
+    """Store random adapters in a temporary store, then run the sanity checks and the cases."""
     stored = max(args.mixed_adapters, EVICTING_CAPACITY + args.load_samples, 1 + args.load_samples)
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
         store = AdapterStore(Path(tmp))
         names = [f"bench-{i:03d}" for i in range(stored)]
         keys = [(m.name, m.version) for m in
                 save_random_adapters(store, encoder, names, adapter_config, seed=args.seed)]
-        log.info("stored %d random adapters in %s", len(keys), tmp)
+        lora_keys = [(m.name, m.version) for m in save_random_adapters(
+            store, encoder, [f"lora-{i:03d}" for i in range(args.mixed_adapters)],
+            lora_config(args), seed=args.seed + 1)]
+        log.info("stored %d random adapters in %s", len(keys) + len(lora_keys), tmp)
         registry = AdapterRegistry(store, encoder, TierBudgets(2**34, device_adapters=64))
         registry.refresh()
         engine = InferenceEngine(encoder, registry)
         mixed_keys = keys[:args.mixed_adapters]
+        half = args.mixed_adapters // 2
+        half_keys = [k for pair in zip(keys[:half], lora_keys[:half], strict=True) for k in pair]
         one_rows, mixed_rows = assign_rows(batches, keys[:1]), assign_rows(batches, mixed_keys)
-        scores(engine.run(mixed_rows[0]))  # every adapter loads and predicts
+        lora_rows, half_rows = assign_rows(batches, lora_keys), assign_rows(batches, half_keys)
+        for rows in (mixed_rows, lora_rows, half_rows):
+            scores(engine.run(rows[0]))  # every adapter loads and predicts
         sanity = sanity_check(encoder, engine, registry, features[:SANITY_ROWS], mixed_keys)
-        log.info("sanity: %s", sanity)
+        sanity_kinds = sanity_check(encoder, engine, registry, features[:SANITY_ROWS], half_keys)
+        log.info("sanity: %s; bottleneck + LoRA: %s", sanity, sanity_kinds)
         with CpuMonitor() as timed_cpu:
             times = run_interleaved({
                 "base": base_steps(encoder, batches),
                 "one_adapter": engine_steps(engine, one_rows),
                 "mixed": engine_steps(engine, mixed_rows),
+                "lora_mixed": engine_steps(engine, lora_rows),
+                "half_and_half": engine_steps(engine, half_rows),
             }, repeats=args.repeats)
         with CpuMonitor() as load_cpu:
             load = load_section(store, encoder, keys, args.load_samples)
@@ -248,7 +271,9 @@ def measure(encoder: FrozenEncoder, features: list[Feature], batches: list[list[
             m.result["others_share"] is not None and m.result["others_share"] < QUIET_SHARE
             for m in (timed_cpu, load_cpu)),
         "sanity": sanity,
-        "mixed_equals_single": sanity["mixed_equals_single"],
+        "sanity_bottleneck_and_lora": sanity_kinds,
+        "mixed_equals_single": sanity["mixed_equals_single"]
+        and sanity_kinds["mixed_equals_single"],
     }
 
 
@@ -263,11 +288,18 @@ def settings(args: argparse.Namespace, encoder: FrozenEncoder, adapter_config: A
         "mean_tokens": round(statistics.mean(lengths), 2),
         "padded_tokens_per_pass": sum(len(b) * max(len(f) for f in b) for b in batches),
         "mixed_adapters": args.mixed_adapters, "mixed_assignment": "round-robin by row",
-        "adapter": {**adapter_config.model_dump(),
+        "half_and_half": f"{args.mixed_adapters // 2} bottleneck + {args.mixed_adapters // 2} "
+                         f"LoRA adapters, alternating by row",
+        "adapter": {"method": "bottleneck", "placement": adapter_config.placement,
                     "bottleneck": adapter_config.bottleneck(info.hidden_size),
-                    "params": sum(torch.Size(s).numel() for s in tensor_shapes(
-                        adapter_config, info.hidden_size, info.num_layers).values())},
+                    "params": _params(adapter_config, encoder)},
+        "lora": {"method": "lora", "r": args.lora_r, "target_modules": lora_config(args).sites(),
+                 "params": _params(lora_config(args), encoder)},
     }
+
+
+def _params(config: AdapterConfig, encoder: FrozenEncoder) -> int:
+    return sum(torch.Size(s).numel() for s in tensor_shapes(config, encoder.info.dims).values())
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
@@ -277,6 +309,9 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         "one_adapter_over_base": target(ratios[f"one_adapter_over_base{suffix}"],
                                         TARGET_ONE_ADAPTER, at_least=True),
         "mixed_over_base": target(ratios[f"mixed_over_base{suffix}"], TARGET_MIXED, at_least=True),
+        **{f"{name}_over_base_issue14": target(ratios[f"{name}_over_base{suffix}"],
+                                               TARGET_MIXED_KINDS, at_least=True)
+           for name in ("mixed", "lora_mixed", "half_and_half")},
         "adapter_load_median_ms": target(load_ms["median_ms"], TARGET_LOAD_MS, at_least=False),
         "adapter_load_p90_ms": target(load_ms["p90_ms"], TARGET_LOAD_MS, at_least=False),
     }

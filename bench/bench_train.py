@@ -1,10 +1,12 @@
 """Training through the API with default settings, and serving latency while it trains.
 
     python -m bench.bench_train --data ../shared/data [--rows 4000] [--full]
+                                [--config-json '{"method": "lora"}']
 
 Against a running server (uvicorn subprocess, embedded MiniLM, 2 CPU cores):
 1. POST /predict latency with nothing else running (one SST-2 dev sentence a request, c=1).
-2. POST /adapters with a seeded sample of `--rows` rows of sst2/train.jsonl, DEFAULT config;
+2. POST /adapters with a seeded sample of `--rows` rows of sst2/train.jsonl, DEFAULT config
+   (or `--config-json`, e.g. the LoRA defaults with '{"method": "lora"}');
    while it trains, the same latency measurement; then wall time (submit -> succeeded) and
    training examples/s as the job reports them.
 3. Dev accuracy of the stored adapter: all 872 rows of sst2/dev.jsonl through POST /predict.
@@ -15,6 +17,7 @@ Prints one JSON object; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import tempfile
 import threading
@@ -53,12 +56,12 @@ def latency(client: httpx.Client, task: str, texts: list[str], seconds: float,
             "p95_ms": round(percentile(times, 95), 2), "p99_ms": round(percentile(times, 99), 2)}
 
 
-def train(client: httpx.Client, name: str, rows: list[dict[str, Any]], during: Any = None
-          ) -> dict[str, Any]:
+def train(client: httpx.Client, name: str, rows: list[dict[str, Any]], during: Any = None,
+          config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Submit, wait for the end (calling `during()` once it runs), return the job's figures."""
     t0 = time.perf_counter()
-    r = client.post("/adapters", json={"name": name, "task_type": "classification", "train": rows},
-                    timeout=300)
+    r = client.post("/adapters", json={"name": name, "task_type": "classification", "train": rows,
+                                       "config": config or {}}, timeout=300)
     r.raise_for_status()
     job_id = r.json()["job_id"]
     measured = None
@@ -96,13 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-seconds", type=float, default=30)
     parser.add_argument("--full", action="store_true", help="also train on all of train.jsonl")
     parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--config-json", default="{}", help="the training config (default: {})")
     args = parser.parse_args(argv)
+    config = json.loads(args.config_json)
     setup_logging()
     train_rows = read_jsonl(args.data / "sst2" / "train.jsonl")
     dev = read_jsonl(args.data / "sst2" / "dev.jsonl")
     sample = random.Random(args.seed).sample(train_rows, args.rows)
     texts = [row["text"] for row in dev]
-    result: dict[str, Any] = {"rows": args.rows, "seed": args.seed}
+    result: dict[str, Any] = {"rows": args.rows, "seed": args.seed, "config": config}
     with tempfile.TemporaryDirectory() as tmp, Server(Path(tmp), args.port) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
         # A first adapter to serve while the benchmark's one trains (a tiny one, quickly).
@@ -117,12 +122,12 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(0.5)  # the worker is still starting: wait for its training loop
             return latency(client, "probe", texts, args.latency_seconds)
 
-        run = train(client, "sst2", sample, during)
+        run = train(client, "sst2", sample, during, config)
         run["train_examples_per_s"] = run["result"]["train_examples_per_second"]
         run["dev_accuracy"] = round(dev_accuracy(client, "sst2", dev), 4)
         result["sample"] = run
         if args.full:
-            full = train(client, "sst2-full", train_rows)
+            full = train(client, "sst2-full", train_rows, config=config)
             full["dev_accuracy"] = round(dev_accuracy(client, "sst2-full", dev), 4)
             result["full"] = full
     idle, busy = result["latency_idle"]["p95_ms"], run["latency_during_training"]["p95_ms"]

@@ -223,15 +223,15 @@ def machine_info(encoder: FrozenEncoder) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- adapters
-def random_adapter(config: AdapterConfig, head_config: HeadConfig, hidden_size: int,
-                   num_layers: int, std: float = 0.02) -> tuple[AdapterSet, nn.Module]:
+def random_adapter(config: AdapterConfig, head_config: HeadConfig, dims: Dims,
+                   std: float = 0.02) -> tuple[AdapterSet, nn.Module]:
     """An adapter set with every parameter drawn from N(0, std), so it is not an identity (a
     fresh one has a zero up-projection), and a head with its usual random init."""
-    adapter = AdapterSet(config, Dims(hidden_size, num_layers, 4 * hidden_size))
+    adapter = AdapterSet(config, dims)
     with torch.no_grad():
         for p in adapter.parameters():
             p.normal_(0.0, std)
-    return adapter, build_head(head_config, hidden_size)
+    return adapter, build_head(head_config, dims.hidden_size)
 
 
 def save_random_adapters(store: AdapterStore, encoder: FrozenEncoder, names: list[str],
@@ -247,8 +247,7 @@ def save_random_adapters(store: AdapterStore, encoder: FrozenEncoder, names: lis
     stored = []
     with torch.random.fork_rng():  # reproducible adapters, caller's RNG state untouched
         torch.manual_seed(seed)
-        adapters = [random_adapter(config, head_config, info.hidden_size, info.num_layers)
-                    for _ in names]
+        adapters = [random_adapter(config, head_config, info.dims) for _ in names]
     for name, (adapter, head) in zip(names, adapters, strict=True):
         meta = new_metadata(name, head_config, config, info, description="benchmark (random)")
         stored.append(store.save(meta, join(adapter.state_dict(), head.state_dict())))

@@ -13,6 +13,7 @@ from torch.nn import functional
 from app.model.adapter import (
     ACTIVATIONS,
     LORA_SITES,
+    NATIVE,
     POSITIONS,
     AdapterConfig,
     Dims,
@@ -348,6 +349,17 @@ class RowRouting:
             if s in here:
                 info = self._info[s]
                 by[(info.recipe, info.activation)].append(i)
+        if len(by) == 1 and (kind == LORA or next(iter(by))[0] == NATIVE):
+            # One computation for every row: the others read the null slot's zeros, which add
+            # exactly nothing (cheaper than gathering rows out and scattering them back).
+            (recipe, act), = by
+            slots = [s if s in here else NULL_SLOT for s in self._row_slots]
+            single = slots[0] if len(set(slots)) == 1 else None
+            group = _Group(None, torch.tensor(slots, dtype=torch.long, device=self._device), single,
+                           self._info[single].rank if single is not None
+                           else self._families[kind][2], act, recipe)
+            self._groups[(kind, here)] = [group]
+            return [group]
         groups = []
         every = len(by) == 1 and len(next(iter(by.values()))) == len(self._row_slots)
         for (recipe, act), rows in by.items():
