@@ -234,17 +234,19 @@ def test_labels_task_types_and_source_are_recorded(tiny_model_dir: Path, encoder
     assert conv.base.num_layers == 2 and conv.base.name == str(tiny_model_dir)
 
 
+@pytest.mark.parametrize("which", [[1, 0, None, 2], [2, 2, None, 0], [0, 1, 2, 1]])
 @torch.no_grad()
-def test_converted_adapters_mix_in_the_bank_row_by_row(tiny_model_dir: Path, encoder: FrozenEncoder,
-                                                       tmp_path: Path) -> None:
+def test_converted_adapters_mix_in_the_bank_row_by_row(
+        tiny_model_dir: Path, encoder: FrozenEncoder, tmp_path: Path, which: list[int | None]) -> None:
     configs = [SeqBnConfig(scaling="channel", leave_out=[1]),
-               DoubleSeqBnConfig(ln_after=True, adapter_residual_before_ln=True, reduction_factor=3)]
+               DoubleSeqBnConfig(ln_after=True, adapter_residual_before_ln=True, reduction_factor=3),
+               SeqBnConfig(original_ln_before=False, non_linearity="gelu")]  # the service's recipe
     models = [library_model(tiny_model_dir, c, classification(), seed=i) for i, c in enumerate(configs)]
     convs = [hub.convert(save(m, tmp_path / str(i)), _base(encoder)) for i, m in enumerate(models)]
     bank = AdapterBank(encoder.info.dims, encoder.device, encoder.dtype)
     slots = [bank.add(c.adapter, split(c.tensors)[0]) for c in convs]
     batch = _batch(encoder)
-    assignment = [slots[1], slots[0], 0, slots[1]]
+    assignment = [0 if i is None else slots[i] for i in which]  # None: a row without adapter
     hidden = encoder.forward(batch, bank.routing(assignment))
     expected = [library_outputs(m, batch) for m in models]
     for row, slot in enumerate(assignment):
