@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.tasks import DecodeOptions, Prediction, TextInput
 from app.tasks.classification import ClassificationResult
+from app.tasks.multi_label_classification import MultiLabelResult
 from app.tasks.question_answering import AnswerResult
 from app.tasks.regression import RegressionResult
 from app.tasks.token_classification import EntitiesResult
@@ -69,6 +70,12 @@ class ClassificationPrediction(BaseModel):
     scores: dict[str, float] = Field(description="Probability of every label.")
 
 
+class MultiLabelPrediction(BaseModel):
+    labels: list[str] = Field(description="Every label with probability >= 0.5, most probable "
+                              "first (empty when none is).")
+    scores: dict[str, float] = Field(description="Probability of every label, each on its own.")
+
+
 class RegressionPrediction(BaseModel):
     value: float
 
@@ -101,10 +108,12 @@ class AnswerPrediction(BaseModel):
     score: float
 
 
-PredictionBody = ClassificationPrediction | RegressionPrediction | EntitiesPrediction | AnswerPrediction
+PredictionBody = (ClassificationPrediction | MultiLabelPrediction | RegressionPrediction
+                  | EntitiesPrediction | AnswerPrediction)
 # The wire model of each task type's prediction (its fields are read off the result's attributes).
 WIRE: dict[type[Prediction], type[PredictionBody]] = {
     ClassificationResult: ClassificationPrediction,
+    MultiLabelResult: MultiLabelPrediction,
     RegressionResult: RegressionPrediction,
     EntitiesResult: EntitiesPrediction,
     AnswerResult: AnswerPrediction,

@@ -49,15 +49,16 @@ class SequenceHead(Head):
         return out
 
 
-def check_text_rows(rows: list[Any], what: str, max_chars: int) -> Examples:
-    """{"text", "text_pair"?, "label"} rows; the labels stay as given."""
+def check_text_rows(rows: list[Any], what: str, max_chars: int, target: str = "label"
+                    ) -> Examples:
+    """{"text", "text_pair"?, `target`} rows; the targets stay as given."""
     texts, pairs, labels = [], [], []
     for i, row in enumerate(rows):
         where = f"{what}[{i}]"
         if not isinstance(row, dict):
-            raise InvalidInputError(f"{where} must be an object with text and label")
-        if "label" not in row or row["label"] is None:
-            raise InvalidInputError(f"{where} has no 'label'")
+            raise InvalidInputError(f"{where} must be an object with text and {target}")
+        if target not in row or row[target] is None:
+            raise InvalidInputError(f"{where} has no {target!r}")
         for key in ("text", "text_pair"):
             value = row.get(key)
             if key == "text_pair" and value is None:
@@ -72,7 +73,7 @@ def check_text_rows(rows: list[Any], what: str, max_chars: int) -> Examples:
                                         f"is {max_chars}")
         texts.append(row["text"])
         pairs.append(row.get("text_pair"))
-        labels.append(row["label"])
+        labels.append(row[target])
     return Examples(texts, pairs, labels)
 
 

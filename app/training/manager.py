@@ -13,16 +13,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.adapters.format import AdapterMetadata
 from app.adapters.store import AdapterStore, validate_name
 from app.config import Settings
-from app.errors import ServiceError
+from app.errors import InvalidInputError, ServiceError
 from app.training.config import TrainConfig
 from app.training.data import prepare
 from app.training.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobDB
 from app.training.worker import CANCELLED_ERROR, WorkerSettings, job_result, run_job
+
+if TYPE_CHECKING:  # the manager itself never loads a model
+    from app.model.encoder import BaseModelInfo
 
 log = logging.getLogger(__name__)
 DISPATCH_INTERVAL_S = 0.2  # while workers run: how soon an exit or a cancel is acted on
@@ -55,8 +58,10 @@ class JobManager:
     """Runs queued jobs, at most `training_concurrency` at a time, each in its own process."""
 
     def __init__(self, settings: Settings, store: AdapterStore,
-                 on_stored: Callable[[str, int], object]) -> None:
+                 on_stored: Callable[[str, int], object], base: BaseModelInfo | None = None
+                 ) -> None:
         self.settings = settings
+        self.base = base  # the served base: a config it cannot run is refused at submit
         self._worker_settings = WorkerSettings.of(settings)  # all a worker gets: no secrets
         self.store = store
         self.db = JobDB(settings.jobs_db_path)
@@ -75,6 +80,9 @@ class JobManager:
         """Check the name, and the data as the worker will (so bad input is a 4xx now), then
         queue it."""
         validate_name(req.name)
+        problem = None if self.base is None else self.base.unsupported(req.config.adapter_config())
+        if problem is not None:
+            raise InvalidInputError(f"config: {problem}")
         s = self.settings
         data = prepare(req.task_type, req.train, req.validation, req.labels,
                        req.config.validation_fraction, req.config.seed, s.max_train_rows,

@@ -256,3 +256,51 @@ def test_question_answering_trained_and_served(api: TestClient) -> None:
     bad = api.post("/adapters", json={"name": "qa2", "task_type": "question_answering", "train": [
         {"question": "q", "context": "abc", "answers": {"text": ["x"], "answer_start": [1]}}] * 8})
     assert bad.status_code == 422 and "not inside the context" in bad.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_multi_label_trained_and_served(api: TestClient) -> None:
+    from tests.unit.test_multi_label import multi_label_rows
+
+    r = api.post("/adapters", json={
+        "name": "tags", "task_type": "multi_label_classification", "train": multi_label_rows(160),
+        "validation": multi_label_rows(40, seed=1), "config": {**QUICK, "epochs": 6}})
+    assert r.status_code == 202, r.text
+    assert r.json()["labels"] == ["person", "place", "positive"]
+    done = wait_for_job(api, r.json()["job_id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["metrics"]["micro_f1"] >= 0.8
+    held_out = multi_label_rows(8, seed=2)
+    body = api.post("/predict/tags", json={"inputs": [r["text"] for r in held_out]}).json()
+    right = 0
+    for row, pred in zip(held_out, body["predictions"], strict=True):
+        assert set(pred["scores"]) == {"person", "place", "positive"}
+        assert pred["labels"] == sorted((k for k, v in pred["scores"].items() if v >= 0.5),
+                                        key=lambda k: -pred["scores"][k])
+        right += sorted(pred["labels"]) == row["labels"]
+    assert right >= 5, body
+    bad = api.post("/adapters", json={"name": "t2", "task_type": "multi_label_classification",
+                                      "train": [{"text": "a", "label": "x"}] * 8})
+    assert bad.status_code == 422 and "has no 'labels'" in bad.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_lora_adapter_trained_and_served_beside_a_bottleneck(api: TestClient) -> None:
+    lora = submit_job(api, name="senti-lora", rows=160, config={
+        **QUICK, "epochs": 6, "method": "lora", "r": 4, "alpha": 8,
+        "target_modules": ["query", "value", "intermediate"]})
+    bottleneck = submit_job(api, name="senti", rows=160, config={**QUICK, "epochs": 6})
+    for job in (lora, bottleneck):
+        done = wait_for_job(api, job["job_id"], ("succeeded", "failed"))
+        assert done["status"] == "succeeded", done["error"]
+        assert done["result"]["metrics"]["accuracy"] >= 0.75
+    meta = api.get("/adapters/senti-lora").json()
+    assert meta["adapter_config"]["method"] == "lora" and meta["adapter_config"]["r"] == 4
+    texts = ["the film was great", "awful and boring"]
+    alone = [api.post(f"/predict/{n}", json={"inputs": texts}).json()["predictions"]
+             for n in ("senti-lora", "senti")]
+    assert [p["label"] for p in alone[0]] == ["pos", "neg"]
+    bad = api.post("/adapters", json={"name": "x", "task_type": "classification",
+                                      "train": [{"text": "a", "label": "x"}] * 8,
+                                      "config": {"method": "lora", "target_modules": ["pooler"]}})
+    assert bad.status_code == 422 and "target_modules" in bad.text

@@ -78,3 +78,15 @@ def test_half_precision_needs_a_gpu(tiny_model_dir: Path) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(UnsupportedModelError, match="float16 needs a CUDA device"):
         FrozenEncoder.load(str(tiny_model_dir), device="cpu", dtype="float16")
+
+
+def test_bottleneck_options_need_bert_output_blocks(encoder: FrozenEncoder) -> None:
+    from dataclasses import replace
+
+    pfeiffer_hub = AdapterConfig(original_ln_before=True)
+    assert encoder.info.output_blocks and encoder.info.unsupported(pfeiffer_hub) is None
+    distil = replace(encoder.info, model_type="distilbert", output_blocks=False)
+    assert "need a BERT-style encoder" in (distil.unsupported(pfeiffer_hub) or "")
+    assert distil.unsupported(AdapterConfig()) is None
+    assert distil.unsupported(AdapterConfig(method="lora")) is None
+    assert "output_blocks" not in encoder.info.as_dict()  # not recorded in adapter metadata
