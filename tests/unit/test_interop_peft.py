@@ -18,10 +18,10 @@ from torch import Tensor
 from torch.testing import assert_close
 from transformers import BertForSequenceClassification, BertForTokenClassification
 
-from app.adapters.format import join, new_metadata, split
+from app.adapters.format import decode, encode, join, new_metadata, split
 from app.adapters.interop import BaseContext, Converted
 from app.adapters.interop.peft import convert, export
-from app.adapters.interop.peft_targets import module_names
+from app.adapters.interop.peft_config import module_names
 from app.errors import IncompatibleAdapterError, InvalidAdapterError, UnsupportedAdapterError
 from app.model.adapter import AdapterConfig, AdapterSet
 from app.model.bank import AdapterBank
@@ -179,6 +179,8 @@ def test_imported_adapter_answers_as_peft(
     assert conv.head.task_type == expected_type
     assert conv.head.labels == ([] if labels == 1 else [f"LABEL_{i}" for i in range(labels)])
     assert conv.head.use_pooler == (task == "SEQ_CLS") and conv.head.layers == 1
+    meta = new_metadata("imported", conv.head, conv.adapter, encoder.info)
+    decode(encode(meta, conv.tensors), meta, "import")  # what the store checks: names, shapes
     batch = _batch(encoder)
     hidden, raw, answers = _served(encoder, conv, batch)
     peft_hidden, logits = _outputs(peft_model, batch)
