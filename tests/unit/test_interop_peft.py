@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.testing import assert_close
 from transformers import BertForSequenceClassification, BertForTokenClassification
 
+from app.adapters import interop
 from app.adapters.format import decode, encode, join, new_metadata, split
 from app.adapters.interop import BaseContext, Converted
 from app.adapters.interop.peft import convert, export
@@ -512,3 +513,13 @@ def test_module_names_are_those_peft_matches_targets_against(tiny_model_dir: Pat
                                                              task: str) -> None:
     model = MODELS[task].from_pretrained(tiny_model_dir, num_labels=2)
     assert module_names(task, 2) == [name for name, _ in model.named_modules()]
+
+
+def test_the_interop_seam_detects_and_reaches_this_converter(
+        encoder: FrozenEncoder, tiny_model_dir: Path, tmp_path: Path) -> None:
+    directory = _save(_peft(tiny_model_dir, r=2, target_modules=["value"]), tmp_path / "peft")
+    assert interop.detect(directory) == "peft"
+    conv = interop.convert(directory, _base(encoder))
+    meta = new_metadata("seam", conv.head, conv.adapter, encoder.info)
+    files = interop.export("peft", meta, conv.tensors, _base(encoder))
+    assert json.loads(files["adapter_config.json"])["peft_type"] == "LORA"
