@@ -70,6 +70,50 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    """Import into the store offline: a directory saved by AdapterHub or PEFT, an archive of
+    one, or this service's weights file (the same checks as PUT /adapters/{name})."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from app.adapters import interop
+    from app.adapters.archive import archive_kind, unpack
+    from app.adapters.store import AdapterStore, validate_name
+    from app.errors import ServiceError
+    from app.model.encoder import FrozenEncoder
+
+    settings = get_settings()
+    path = Path(args.path)
+    try:
+        validate_name(args.name)
+        encoder = FrozenEncoder.load(settings.base_model, settings.device, "float32",
+                                     settings.max_seq_length)
+        base = interop.BaseContext(encoder.info, int(encoder.model.config.vocab_size),
+                                   encoder.pooler)
+        with tempfile.TemporaryDirectory(prefix="adapter-import-") as tmp:
+            if path.is_dir():
+                data = interop.to_file(args.name, path, base, settings.strict_base)
+            else:
+                raw = path.read_bytes()
+                kind = archive_kind(raw)
+                data = raw if kind is None else interop.to_file(
+                    args.name, unpack(raw, kind, Path(tmp), settings.max_adapter_bytes), base,
+                    settings.strict_base)
+        stored = AdapterStore(settings.adapters_dir).import_bytes(args.name, data, encoder.info)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"name": stored.name, "version": stored.version,
+                      "task_type": stored.task_type, "labels": stored.labels,
+                      "source": stored.source.get("library", "adapter-serve"),
+                      "warnings": stored.warnings}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adapter-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config-json", help='TrainConfig as JSON, e.g. \'{"epochs": 3}\'')
     train.add_argument("--description", default="")
     train.set_defaults(func=_train)
+    imp = sub.add_parser("import", help="import an AdapterHub or PEFT directory (or an archive "
+                         "of one, or a weights file) into ADAPTERS_DIR")
+    imp.add_argument("--name", required=True, help="adapter name")
+    imp.add_argument("path", help="the directory, .zip/.tar.gz or .safetensors file")
+    imp.set_defaults(func=_import)
     return parser
 
 

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     max_adapter_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest adapter file accepted by import."
     )
+    strict_base: bool = Field(
+        False, description="Refuse (409) an imported AdapterHub/PEFT adapter whose files name "
+        "another or no base checkpoint, even when its shapes fit the served base; by default it "
+        "is accepted with a warning recorded in its metadata.")
 
     # --- request limits ---------------------------------------------------------------------
     max_inputs_per_request: int = Field(256, ge=1, description="Inputs in one predict request.")

@@ -61,7 +61,8 @@ class Services:
         predictor = PredictionService(registry, encoder.tokenizer, batcher, PredictLimits(
             settings.max_inputs_per_request, settings.max_text_chars, settings.request_timeout_s,
             settings.qa_doc_stride, settings.metrics_task_labels))
-        adapters = AdapterService(store, registry, settings.max_adapter_bytes)
+        adapters = AdapterService(store, registry, settings.max_adapter_bytes,
+                                  settings.strict_base)
         jobs = JobManager(settings, store, on_stored=registry.ensure_indexed, base=encoder.info)
         return cls(settings, encoder, store, registry, adapters, batcher, predictor, jobs)
 

@@ -62,6 +62,8 @@ class AdapterMetadata(BaseModel):
     description: str = ""
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     weights_sha256: str = ""
+    source: dict[str, Any] = Field(default_factory=dict)  # imported: the library and its config
+    warnings: list[str] = Field(default_factory=list)  # e.g. trained on another checkpoint
 
     @model_validator(mode="after")
     def _check(self) -> AdapterMetadata:
@@ -93,12 +95,14 @@ class AdapterMetadata(BaseModel):
 
 
 def new_metadata(name: str, head: HeadConfig, adapter: AdapterConfig, base: BaseModelInfo,
-                 metrics: dict[str, Any] | None = None, description: str = "") -> AdapterMetadata:
+                 metrics: dict[str, Any] | None = None, description: str = "",
+                 source: dict[str, Any] | None = None, warnings: list[str] | None = None
+                 ) -> AdapterMetadata:
     """Metadata for an adapter about to be stored (the store assigns version and checksum)."""
     return AdapterMetadata(
         name=name, task_type=head.task_type, labels=head.labels, adapter_config=adapter,
         head_config=head, base_model=BaseModelRef.model_validate(base.as_dict()), metrics=metrics or {},
-        description=description,
+        description=description, source=source or {}, warnings=warnings or [],
     )
 
 

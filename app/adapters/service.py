@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.adapters import format as fmt
+from app.adapters import interop
+from app.adapters.archive import archive_kind, pack_zip, unpack
 from app.adapters.format import AdapterMetadata
 from app.adapters.index import NameSummary
 from app.adapters.registry import AdapterRegistry
@@ -29,10 +33,12 @@ class AdapterPage:
 
 
 class AdapterService:
-    def __init__(self, store: AdapterStore, registry: AdapterRegistry, max_bytes: int) -> None:
+    def __init__(self, store: AdapterStore, registry: AdapterRegistry, max_bytes: int,
+                 strict_base: bool = False) -> None:
         self.store = store
         self.registry = registry
         self.max_bytes = max_bytes
+        self.strict_base = strict_base
 
     def overview(self, limit: int, after: str = "", prefix: str = "") -> AdapterPage:
         """One page of names in order, from the store's index (no adapter file is read)."""
@@ -49,15 +55,43 @@ class AdapterService:
         name, v = self.registry.resolve(name, version)
         return self.store.weights_path(name, v), v
 
-    def import_bytes(self, name: str, data: bytes) -> AdapterInfo:
-        """Store an adapter file as the next version of `name`; it is served from now on."""
+    def import_bytes(self, name: str, data: bytes, content_type: str | None = None
+                     ) -> AdapterInfo:
+        """Store an upload as the next version of `name`; it is served from now on. The upload
+        is this service's weights file, or a .zip / .tar.gz of a directory saved by AdapterHub
+        or PEFT (converted once into this service's format)."""
         if len(data) > self.max_bytes:
             raise PayloadTooLargeError(
                 f"adapter file of {len(data)} bytes exceeds the limit of {self.max_bytes}")
+        kind = archive_kind(data, content_type)
+        if kind is not None:
+            with tempfile.TemporaryDirectory(prefix="adapter-import-") as tmp:
+                return self.import_directory(name, unpack(data, kind, Path(tmp), self.max_bytes))
         meta = self.store.import_bytes(name, data, self.registry.encoder.info)
         self.registry.refresh()  # reads the one change the import made, no rescan
         key = (name, meta.version)
         return AdapterInfo(meta, self.registry.versions(name), self.registry.tier(key))
+
+    def base_context(self) -> interop.BaseContext:
+        encoder = self.registry.encoder
+        return interop.BaseContext(encoder.info, int(encoder.model.config.vocab_size),
+                                   encoder.pooler)
+
+    def import_directory(self, name: str, directory: Path) -> AdapterInfo:
+        """Convert a directory saved by AdapterHub or PEFT and store it like any import (every
+        check a load makes), recording where it came from and what to know about its base."""
+        return self.import_bytes(name, interop.to_file(name, directory, self.base_context(),
+                                                       self.strict_base))
+
+    def export(self, name: str, version: int | None, library: str) -> tuple[bytes, str, int]:
+        """(zip of the files the library loads, its file name, the version exported)."""
+        key = self.registry.resolve(name, version)
+        meta = self.registry.metadata(key)
+        loaded = self.store.load(key[0], key[1], self.registry.encoder.info, meta)
+        files = interop.export(library, meta, fmt.join(loaded.adapter, loaded.head),
+                               self.base_context())
+        folder = f"{key[0]}-v{key[1]}-{library}"
+        return pack_zip(files, folder), f"{folder}.zip", key[1]
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
         return self.registry.delete(name, version)

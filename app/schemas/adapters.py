@@ -86,6 +86,10 @@ class AdapterDetail(BaseModel):
     description: str = ""
     created_at: str = Field(default_factory=str)  # always set from the stored metadata
     weights_sha256: str = ""
+    source: dict[str, Any] = Field(default_factory=dict, description="Imported from AdapterHub "
+                                   "or PEFT: the library, its config and the files read.")
+    warnings: list[str] = Field(default_factory=list, description="What an import accepted but "
+                                "you should know, e.g. a different base checkpoint name.")
     versions: list[int] = Field(description="Every stored version of this name.")
     resident: bool = Field(description="Whether this version is on the device now (tier 'device').")
     tier: Literal["device", "host", "disk"] = Field(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +160,36 @@ def test_bad_imports_are_refused_and_service_keeps_serving(
     assert __import__("re").search(message, err["message"]), err["message"]
     _error(served.get("/adapters/broken"), 404, "adapter_not_found")
     assert served.post("/predict/sentiment", json={"inputs": "good"}).status_code == 200
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, content in files.items():
+            z.writestr(name, content)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("files", "headers", "message"), [
+    ({"weights.bin": b"x"}, {}, "no adapter_config.json in the uploaded directory"),
+    ({"d/adapter_config.json": b'{"x": 1}'}, {"content-type": "application/zip"},
+     "neither AdapterHub's"),
+    ({"../adapter_config.json": b"{}"}, {}, "unsafe path"),
+])
+def test_bad_library_archives_are_refused_and_nothing_is_stored(
+        served: TestClient, files: dict[str, bytes], headers: dict[str, str], message: str) -> None:
+    err = _error(served.put("/adapters/lib", content=_zip(files), headers=headers), 422,
+                 "invalid_adapter")
+    assert message in err["message"]
+    _error(served.get("/adapters/lib"), 404, "adapter_not_found")
+    multi = served.put("/adapters/lib", files={"file": ("a.zip", _zip(files), "application/zip")})
+    assert multi.status_code == 422
+    assert served.post("/predict/sentiment", json={"inputs": "good"}).status_code == 200
+
+
+def test_download_in_an_unknown_format_is_refused(served: TestClient) -> None:
+    r = served.get("/adapters/sentiment/download", params={"format": "onnx"})
+    assert r.status_code == 422 and "format" in r.text
 
 
 def test_import_size_limit(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from typing import Any, Literal, get_args
 
 from torch import Tensor
 
-from app.adapters.format import AdapterMetadata
-from app.errors import InvalidAdapterError, UnsupportedAdapterError
+from app.adapters.format import AdapterMetadata, encode, new_metadata
+from app.errors import IncompatibleAdapterError, InvalidAdapterError, UnsupportedAdapterError
 from app.model.adapter import AdapterConfig
 from app.model.encoder import BaseModelInfo
 from app.tasks import HeadConfig
@@ -108,3 +108,46 @@ def export(library: str, meta: AdapterMetadata, tensors: dict[str, Tensor],
     """The files the library's loader reads (file name -> bytes), for one stored adapter."""
     files: dict[str, bytes] = _module(library).export(meta, tensors, base)
     return files
+
+
+def _same_checkpoint(claimed: str, served: str) -> bool:
+    """Names of one checkpoint: equal, or one a hub id / path ending in the other."""
+    a, b = claimed.rstrip("/").lower(), served.rstrip("/").lower()
+    return a == b or a.rsplit("/", 1)[-1] == b.rsplit("/", 1)[-1]
+
+
+def compatibility(claimed: ClaimedBase, base: BaseContext, strict: bool) -> list[str]:
+    """Warnings for an adapter whose files describe `claimed`, served on `base`: different shapes
+    are a 409 with both descriptions; another or no checkpoint name a warning (a 409 when
+    `strict`), since a user may have copied the weights under another name."""
+    info = base.info
+    theirs = {"hidden size": claimed.hidden_size, "layers": claimed.num_layers,
+              "vocabulary": claimed.vocab_size}
+    ours = {"hidden size": info.hidden_size, "layers": info.num_layers,
+            "vocabulary": base.vocab_size}
+    differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
+    if differ or (claimed.model_type and claimed.model_type != info.model_type):
+        said = ", ".join(f"{k} {v}" for k, v in theirs.items() if v is not None)
+        raise IncompatibleAdapterError(
+            f"the adapter was trained on {claimed.name or 'an unnamed base'!r} "
+            f"({claimed.model_type or 'type not given'}, {said}); the service runs {info.name!r} "
+            f"({info.model_type}, " + ", ".join(f"{k} {v}" for k, v in ours.items()) + ")")
+    if claimed.name and _same_checkpoint(claimed.name, info.name):
+        return []
+    warning = (f"its files name base {claimed.name!r}" if claimed.name
+               else "its files name no base checkpoint") + (
+        f"; the service runs {info.name!r} with the same shapes: predictions are only right if "
+        f"that is the checkpoint it was trained on")
+    if strict:
+        raise IncompatibleAdapterError(f"{warning} (refused: STRICT_BASE=true)")
+    return [warning]
+
+
+def to_file(name: str, directory: Path, base: BaseContext, strict: bool) -> bytes:
+    """The adapter saved in `directory` by either library as this service's weights file (its
+    metadata records the source and the warnings), ready for the store's import."""
+    converted = convert(directory, base)
+    warnings = compatibility(converted.base, base, strict)
+    meta = new_metadata(name, converted.head, converted.adapter, base.info,
+                        source=converted.source, warnings=warnings)
+    return encode(meta, converted.tensors)

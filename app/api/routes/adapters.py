@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import AfterValidator
 from starlette.datastructures import UploadFile
 
@@ -60,28 +60,45 @@ def describe_adapter(name: str, services: ServicesDep, version: VersionQuery = N
     return AdapterDetail.of(services.adapters.describe(name, version))
 
 
-@router.get("/{name}/download", response_class=FileResponse, responses=ERRORS)
-def download_adapter(name: str, services: ServicesDep, version: VersionQuery = None
-                     ) -> FileResponse:
-    """The weights file; its safetensors header carries the metadata, so it imports as is."""
-    path, v = services.adapters.weights_path(name, version)
-    return FileResponse(path, media_type="application/octet-stream",
-                        filename=f"{name}-v{v}.safetensors",
-                        headers={"X-Adapter-Version": str(v)})
+FormatQuery = Annotated[Literal["adapter-serve", "peft", "adapterhub"], Query(
+    alias="format", description="adapter-serve: the weights file (imports as is); peft or "
+    "adapterhub: a zip of the directory that library loads (PeftModel.from_pretrained, "
+    "model.load_adapter(dir, with_head=True)).")]
+
+
+@router.get("/{name}/download", responses=ERRORS)
+def download_adapter(name: str, services: ServicesDep, version: VersionQuery = None,
+                     library: FormatQuery = "adapter-serve") -> Response:
+    """The weights file; its safetensors header carries the metadata, so it imports as is. Or,
+    with format=peft|adapterhub, the adapter in that library's own files."""
+    if library == "adapter-serve":
+        path, v = services.adapters.weights_path(name, version)
+        return FileResponse(path, media_type="application/octet-stream",
+                            filename=f"{name}-v{v}.safetensors",
+                            headers={"X-Adapter-Version": str(v)})
+    data, filename, v = services.adapters.export(name, version, library)
+    return Response(data, media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "X-Adapter-Version": str(v)})
 
 
 @router.put("/{name}", response_model=AdapterDetail, status_code=status.HTTP_201_CREATED,
             responses=responses(409, 413, 422, 507), dependencies=[AdminScope],
             openapi_extra={"requestBody": {"content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                "application/gzip": {"schema": {"type": "string", "format": "binary"}},
                 "multipart/form-data": {"schema": {"type": "object", "properties": {
                     "file": {"type": "string", "format": "binary"}}}}}}})
 async def import_adapter(name: str, request: Request, services: ServicesDep) -> AdapterDetail:
-    """Import an adapter file (from /download or `adapter-serve train`) as a new version."""
+    """Import an adapter as a new version: a weights file (from /download or `adapter-serve
+    train`), or a .zip / .tar.gz of a directory saved by AdapterHub (save_adapter(dir, name,
+    with_head=True)) or PEFT (save_pretrained(dir))."""
     limit = BodyLimit(services.settings.max_adapter_bytes, "MAX_ADAPTER_BYTES",
                       "the adapter upload")
-    data = await _read_upload(request, limit)
-    return AdapterDetail.of(await asyncio.to_thread(services.adapters.import_bytes, name, data))
+    data, content_type = await _read_upload(request, limit)
+    return AdapterDetail.of(await asyncio.to_thread(services.adapters.import_bytes, name, data,
+                                                    content_type))
 
 
 @router.delete("/{name}", response_model=DeleteResult, responses=ERRORS,
@@ -91,8 +108,9 @@ def delete_adapter(name: str, services: ServicesDep, version: VersionQuery = Non
     return DeleteResult(name=name, deleted_versions=services.adapters.delete(name, version))
 
 
-async def _read_upload(request: Request, limit: BodyLimit) -> bytes:
-    """The raw body, or the `file` part of a multipart body."""
+async def _read_upload(request: Request, limit: BodyLimit) -> tuple[bytes, str | None]:
+    """The raw body, or the `file` part of a multipart body, and its content type."""
+    content_type = request.headers.get("content-type")
     if not is_multipart(request):
         data = await read_limited(request, limit)
     else:
@@ -102,6 +120,8 @@ async def _read_upload(request: Request, limit: BodyLimit) -> bytes:
                 raise InvalidInputError(
                     "multipart upload needs the adapter file in a part named 'file'")
             data = await read_part(part, limit)
+            content_type = part.content_type
     if not data:
-        raise InvalidInputError("the upload is empty: send the .safetensors file as the body")
-    return data
+        raise InvalidInputError("the upload is empty: send the .safetensors file (or a .zip / "
+                                ".tar.gz of an AdapterHub or PEFT directory) as the body")
+    return data, content_type
