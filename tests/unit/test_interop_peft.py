@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -523,3 +526,30 @@ def test_the_interop_seam_detects_and_reaches_this_converter(
     meta = new_metadata("seam", conv.head, conv.adapter, encoder.info)
     files = interop.export("peft", meta, conv.tensors, _base(encoder))
     assert json.loads(files["adapter_config.json"])["peft_type"] == "LORA"
+
+
+def test_a_peft_directory_uploaded_and_downloaded_through_the_api(
+        client: TestClient, encoder: FrozenEncoder, tiny_model_dir: Path, tmp_path: Path) -> None:
+    peft_model = _peft(tiny_model_dir, num_labels=2, r=4, target_modules=["query", "dense"])
+    directory = _save(peft_model, tmp_path / "peft", {"id2label": {"0": "neg", "1": "pos"}})
+    upload = io.BytesIO()
+    with zipfile.ZipFile(upload, "w") as z:
+        for path in directory.iterdir():
+            z.write(path, f"sst/{path.name}")
+    stored = client.put("/adapters/sst", content=upload.getvalue(),
+                        headers={"content-type": "application/zip"})
+    assert stored.status_code == 201, stored.text
+    texts = TEXTS[:3]
+    served = client.post("/predict/sst", json={"inputs": texts}).json()["predictions"]
+    batch = encoder.tokenizer.collate(encoder.tokenizer.encode(texts))  # the served tokenizer
+    expected = _answers(peft_model, batch, "classification")
+    assert_close(torch.tensor([[p["scores"]["neg"], p["scores"]["pos"]] for p in served]),
+                 expected, atol=ATOL, rtol=0)
+
+    download = client.get("/adapters/sst/download", params={"format": "peft"})
+    assert download.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(download.content)) as z:
+        z.extractall(tmp_path / "download")
+    [exported] = {p.parent for p in (tmp_path / "download").rglob("adapter_config.json")}
+    reloaded = _load_exported(tiny_model_dir, exported, "SEQ_CLS")
+    assert_close(_answers(reloaded, batch, "classification"), expected, atol=ATOL, rtol=0)
