@@ -59,19 +59,24 @@ class Converted:
     base: ClaimedBase = field(default_factory=ClaimedBase)
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in the file at `path`."""
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidAdapterError(f"{path.name} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidAdapterError(f"{path.name} must be a JSON object")
+    return data
+
+
 def read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise InvalidAdapterError(
             f"no {CONFIG_FILE} in the uploaded directory: expected one saved by AdapterHub "
             f"(model.save_adapter(dir, name, with_head=True)) or PEFT (model.save_pretrained(dir))")
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidAdapterError(f"{CONFIG_FILE} is not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise InvalidAdapterError(f"{CONFIG_FILE} must be a JSON object")
-    return config
+    return read_json(path)
 
 
 def detect(directory: Path) -> Library:
