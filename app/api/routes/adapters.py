@@ -66,7 +66,10 @@ FormatQuery = Annotated[Literal["adapter-serve", "peft", "adapterhub"], Query(
     "model.load_adapter(dir, with_head=True)).")]
 
 
-@router.get("/{name}/download", responses=ERRORS)
+@router.get("/{name}/download", responses={**ERRORS, 200: {"content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "application/zip": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "The weights file, or (format=peft|adapterhub) a zip of the library's files."}})
 def download_adapter(name: str, services: ServicesDep, version: VersionQuery = None,
                      library: FormatQuery = "adapter-serve") -> Response:
     """The weights file; its safetensors header carries the metadata, so it imports as is. Or,
