@@ -206,11 +206,14 @@ def run_recipe(recipe: Recipe, y: Tensor, residual: Tensor | None,
     """One bottleneck adapter in an output block, as AdapterHub's Bottleneck computes it
     (pre_forward, forward, post_forward). `bottleneck` maps the input to the scaled up-projection,
     its own ln_before included."""
-    total = y if residual is None else y + residual
     x = y
-    if recipe.original_ln_before:
-        x = total if layer_norm is None else layer_norm(total)
-    res = {"y": y, "sum": total, "x": x}[recipe.residual]
+    total = None  # y + residual, computed only for the recipes that read it
+    if recipe.original_ln_before or recipe.residual == "sum":
+        total = y if residual is None else y + residual
+        if recipe.original_ln_before:
+            x = total if layer_norm is None else layer_norm(total)
+    res = total if recipe.residual == "sum" else x if recipe.residual == "x" else y
+    assert res is not None
     out = bottleneck(x)
     if recipe.adapter_residual_before_ln:
         out = out + res

@@ -285,8 +285,11 @@ class AdapterBank:
             assert w.down_b is not None and w.up_b is not None
             put(w.down_w[slot, :, :r], down_w)
             put(w.down_b[slot, :r], down_b)
-            put(w.up_w[slot, :r, :], tensors[f"{key}.up.weight"].t() * scale)
-            put(w.up_b[slot], tensors[f"{key}.up.bias"] * scale)
+            up_w, up_b = tensors[f"{key}.up.weight"].t(), tensors[f"{key}.up.bias"]
+            if scale != 1.0:
+                up_w, up_b = up_w * scale, up_b * scale
+            put(w.up_w[slot, :r, :], up_w)
+            put(w.up_b[slot], up_b)
             if w.ln_w is not None and w.ln_b is not None:
                 if config.ln_after:
                     put(w.ln_w[slot], tensors[f"{key}.ln_after.weight"])

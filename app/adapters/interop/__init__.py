@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import torch
+from safetensors.torch import load as st_load
 from torch import Tensor
 
 from app.adapters.format import AdapterMetadata, encode, new_metadata
@@ -68,6 +70,42 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidAdapterError(f"{path.name} must be a JSON object")
     return data
+
+
+def read_weights(directory: Path, names: tuple[str, ...]) -> tuple[dict[str, Tensor], str]:
+    """A state dict (float32) from the first of `names` that `directory` holds (safetensors, or
+    torch.save read with weights_only=True), and that file's name."""
+    path = next((directory / n for n in names if (directory / n).is_file()), None)
+    if path is None:
+        raise InvalidAdapterError(f"no weights file: expected {' or '.join(names)}")
+    try:
+        state = (st_load(path.read_bytes()) if path.suffix == ".safetensors"
+                 else torch.load(path, weights_only=True, map_location="cpu"))
+    except Exception as exc:  # pickle, safetensors and torch raise their own error types
+        raise InvalidAdapterError(f"{path.name}: cannot read tensors ({exc})") from exc
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise InvalidAdapterError(f"{path.name} is not a state dict of named tensors")
+    return {k: v.detach().float() for k, v in state.items()}, path.name
+
+
+def read_labels(config: dict[str, Any], n: int, where: str) -> list[str]:
+    """Class names in output order from a config's id2label (or label2id); transformers'
+    LABEL_i when it has neither."""
+    id2label, label2id = config.get("id2label"), config.get("label2id")
+    try:
+        if isinstance(id2label, dict):
+            names = {int(i): str(label) for i, label in id2label.items()}
+        elif isinstance(label2id, dict):
+            names = {int(i): str(label) for label, i in label2id.items()}
+        else:
+            return [f"LABEL_{i}" for i in range(n)]
+    except (TypeError, ValueError) as exc:
+        raise InvalidAdapterError(f"{where}: label ids must be integers ({exc})") from exc
+    if sorted(names) != list(range(n)) or len(set(names.values())) != n:
+        raise InvalidAdapterError(f"{where}: labels {str(names)[:200]} are not {n} distinct names "
+                                  f"with ids 0..{n - 1}")
+    return [names[i] for i in range(n)]
 
 
 def read_config(directory: Path) -> dict[str, Any]:

@@ -31,196 +31,43 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from pydantic import ValidationError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
 from app.adapters.format import AdapterMetadata, join, split
-from app.adapters.interop import CONFIG_FILE, BaseContext, ClaimedBase, Converted, read_config
+from app.adapters.interop import (
+    CONFIG_FILE,
+    BaseContext,
+    ClaimedBase,
+    Converted,
+    read_config,
+    read_weights,
+)
+from app.adapters.interop.adapterhub_config import (
+    FLAGS,
+    LEGACY_KEYS,
+    LIBRARY_VERSION,
+    PARAMS,
+    Options,
+    read_options,
+    skips_exactly,
+    unsupported,
+)
+from app.adapters.interop.adapterhub_heads import HEAD_CONFIG, HEAD_WEIGHTS, export_head, read_head
 from app.errors import IncompatibleAdapterError, InvalidAdapterError, UnsupportedAdapterError
-from app.model.adapter import MAX_BOTTLENECK, Activation, AdapterConfig, Recipe
-from app.tasks import HeadConfig, TaskType, get_task
+from app.model.adapter import MAX_BOTTLENECK, AdapterConfig
 
 WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")  # (safetensors, torch.save) file names
-HEAD_WEIGHTS = ("model_head.safetensors", "pytorch_model_head.bin")
-HEAD_CONFIG = "head_config.json"
-# The library version whose files an export writes. Without a version a config is read as
-# adapter-transformers', whose "gelu" meant gelu_new (the library's ACTIVATION_RENAME).
-LIBRARY_VERSION = "adapters.1.3.0"
-LEGACY_ACTIVATIONS = {"gelu": "gelu_new", "gelu_orig": "gelu"}
-LEGACY_KEYS = {"attention_text_task_adapters": "adapters", "attention_text_lang_adapters": "adapters",
-               "layer_text_task_adapters": "adapters", "layer_text_lang_adapters": "adapters"}
-# The library's activation names (transformers' ACT2FN, lower-cased) -> ours; None: identity.
-ACTIVATION_NAMES: dict[str, Activation | None] = {
-    "relu": "relu", "gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_new",
-    "gelu_fast": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_python_tanh": "gelu_new",
-    "swish": "silu", "silu": "silu", "tanh": "tanh", "sigmoid": "sigmoid",
-    "leakyrelu": "leakyrelu", "leaky_relu": "leakyrelu", "linear": None,
-}
 # model_type -> (the library's model class a head is saved with, its base_model_prefix)
 MODEL_CLASSES = {"bert": ("BertAdapterModel", "bert"), "roberta": ("RobertaAdapterModel", "roberta"),
                  "xlm-roberta": ("XLMRobertaAdapterModel", "roberta"),
                  "electra": ("ElectraAdapterModel", "electra")}
 POSITION_KEYS = {"attn": "attention.output", "ffn": "output"}  # BERT output blocks
-IGNORED = {  # BnConfig fields that act only in training, or only with an option refused below
-    "dropout", "init_weights", "init_weights_seed", "stochastic_depth", "inv_adapter_reduction_factor",
-    "phm_dim", "factorized_phm_W", "shared_W_phm", "shared_phm_rule", "factorized_phm_rule",
-    "phm_c_init", "phm_init_range", "learn_phm", "hypercomplex_nonlinearity", "phm_rank", "phm_bias",
-}
-REFUSED = {  # option -> what it adds; refused unless off
-    "use_gating": "a learned gate on the adapter output (UniPELT)",
-    "phm_layer": "PHM projections (Compacter)", "is_parallel": "a parallel adapter (ParBnConfig)",
-    "inv_adapter": "invertible adapters", "invertible_adapter": "invertible adapters",
-    "cross_adapter": "cross-attention adapters",
-}
-FLAGS = {"original_ln_before": False, "original_ln_after": True, "ln_before": False, "ln_after": False,
-         "adapter_residual_before_ln": False}
-MAPPED = {*FLAGS, "mh_adapter", "output_adapter", "reduction_factor", "non_linearity",
-          "residual_before_ln", "scaling", "leave_out", "architecture"}
-PARAMS = {f"{m}.{p}" for m in ("adapter_down.0", "adapter_down.1", "adapter_up", "adapter_norm_before",
-                               "adapter_norm_after") for p in ("weight", "bias")} | {"scaling"}
-SUPPORTED = (
-    "supported: bottleneck adapters (seq_bn/Pfeiffer, double_seq_bn/Houlsby, BnConfig) with "
-    "output_adapter, with or without mh_adapter, one bottleneck size in every layer, non_linearity "
-    "relu, gelu, gelu_new, swish, tanh, sigmoid or leakyrelu, original_ln_before/after, "
-    "residual_before_ln, adapter_residual_before_ln, ln_before/after, scaling (a number, 'learned' or "
-    "'channel') and leave_out")
-
-
-class HeadKind(NamedTuple):
-    """One AdapterHub head type as one of this service's task types."""
-
-    head_type: str  # AdapterHub's
-    task_type: TaskType  # ours
-    outputs: int | None  # a fixed output width; None: one per label
-    sentence: bool  # reads the first token or the base's pooler (use_pooler, bias options)
-    layers: int  # our head's default number of linear layers
-    max_layers: int
-
-
-HEAD_KINDS = (
-    HeadKind("classification", "regression", 1, True, 2, 2),  # num_labels 1
-    HeadKind("classification", "classification", None, True, 2, 2),
-    HeadKind("multilabel_classification", "multi_label_classification", None, True, 2, 2),
-    HeadKind("tagging", "token_classification", None, False, 1, 2),
-    HeadKind("question_answering", "question_answering", 2, False, 1, 1),
-)
-HEAD_KIND_OF_TASK = {kind.task_type: kind for kind in HEAD_KINDS}
-SUPPORTED_HEADS = (
-    f"supported: head_type {', '.join(f'{k.head_type} -> {k.task_type}' for k in HEAD_KINDS)}, with "
-    f"1 or 2 layers (question_answering: 1) and activation_function one of "
-    f"{sorted(k for k, v in ACTIVATION_NAMES.items() if v)}")
 Point = tuple[int, str]  # (layer, position)
-
-
-def _unsupported(what: str) -> UnsupportedAdapterError:
-    return UnsupportedAdapterError(f"AdapterHub adapter: {what}; {SUPPORTED}")
-
-
-def _head_unsupported(what: str) -> UnsupportedAdapterError:
-    return UnsupportedAdapterError(f"AdapterHub head: {what}; {SUPPORTED_HEADS}")
-
-
-class Options(NamedTuple):
-    """An AdapterHub bottleneck config in this service's terms."""
-
-    fields: dict[str, Any]  # AdapterConfig fields, all but the bottleneck size
-    learned_scaling: bool  # scaling "learned" or "channel": a tensor in the weights
-    leave_out: frozenset[int]
-
-
-def activation(name: object, option: str, legacy: bool = False) -> Activation | None:
-    """The library's activation `name` as ours (None: identity); refused when not exact."""
-    if name is None or name == "":
-        return None
-    if not isinstance(name, str):
-        raise InvalidAdapterError(f"AdapterHub {option} must be a string, got {name!r}")
-    key = (LEGACY_ACTIVATIONS.get(name, name) if legacy else name).lower()
-    if key not in ACTIVATION_NAMES:
-        raise UnsupportedAdapterError(
-            f"AdapterHub {option} {name!r} is not supported: supported are "
-            f"{sorted(k for k, v in ACTIVATION_NAMES.items() if v)}")
-    return ACTIVATION_NAMES[key]
-
-
-def read_options(config: dict[str, Any], legacy: bool) -> Options:
-    """The bottleneck options of an adapter_config.json 'config', checked."""
-    architecture = config.get("architecture")
-    if architecture not in (None, "bottleneck"):
-        hint = "; for LoRA, save it with PEFT and import format=peft" if architecture == "lora" else ""
-        raise _unsupported(f"architecture {architecture!r} is not supported{hint}")
-    unknown = sorted(set(config) - MAPPED - IGNORED - set(REFUSED))
-    if unknown:
-        raise _unsupported(f"options {unknown} are unknown to this converter (it knows those of "
-                           f"{LIBRARY_VERSION})")
-    for option, what in REFUSED.items():
-        if config.get(option):
-            raise _unsupported(f"{option}={config[option]!r} ({what}) is not supported")
-    if config.get("output_adapter") is not True:
-        raise _unsupported("output_adapter=false (adapters only after attention) is not supported")
-    act = activation(config.get("non_linearity"), "non_linearity", legacy)
-    if act is None:
-        raise _unsupported(f"non_linearity {config.get('non_linearity')!r} is not supported")
-    fields: dict[str, Any] = {"activation": act,
-                              "placement": "houlsby" if config.get("mh_adapter") else "pfeiffer"}
-    for flag, default in FLAGS.items():
-        value = config.get(flag, default)
-        if not isinstance(value, bool):
-            raise InvalidAdapterError(f"AdapterHub option {flag} must be true or false, got {value!r}")
-        fields[flag] = value
-    residual = config.get("residual_before_ln", True)
-    if residual not in (True, False, "post_add"):
-        raise _unsupported(f"residual_before_ln={residual!r} is not supported")
-    fields["residual_before_ln"] = residual
-    scaling = config.get("scaling", 1.0)
-    learned = scaling in ("learned", "channel")
-    if not learned and (isinstance(scaling, bool) or not isinstance(scaling, int | float)):
-        raise _unsupported(f"scaling={scaling!r} is not supported")
-    fields["scaling"] = 1.0 if learned else float(scaling)
-    leave_out = config.get("leave_out") or []
-    if not isinstance(leave_out, list) or not all(isinstance(i, int) for i in leave_out):
-        raise InvalidAdapterError(f"AdapterHub option leave_out must be a list of layer indices, got "
-                                  f"{leave_out!r}")
-    return Options(fields, learned, frozenset(leave_out))
-
-
-def skips_exactly(recipe: Recipe) -> bool:
-    """Whether a zero bottleneck with this recipe computes LN(y + t), as a layer without adapter."""
-    if recipe.ln_after and recipe.adapter_residual_before_ln:
-        return False  # its own layer norm then acts on the residual
-    if recipe.original_ln_after:  # LN(residual + t)
-        return recipe.residual == "y" or (recipe.residual == "x" and not recipe.original_ln_before)
-    return recipe.residual == "x" and recipe.original_ln_before  # the residual LN(y + t) itself
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidAdapterError(f"{path.name} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InvalidAdapterError(f"{path.name} must be a JSON object")
-    return data
-
-
-def read_weights(directory: Path, names: tuple[str, str]) -> tuple[dict[str, Tensor], str]:
-    """A state dict from the safetensors file or, failing that, the torch.save one, and its name."""
-    path = next((directory / n for n in names if (directory / n).is_file()), None)
-    if path is None:
-        raise InvalidAdapterError(f"no weights file: expected {names[1]} or {names[0]}")
-    try:
-        state = (st_load(path.read_bytes()) if path.suffix == ".safetensors"
-                 else torch.load(path, weights_only=True, map_location="cpu"))
-    except Exception as exc:  # pickle, safetensors and torch raise their own error types
-        raise InvalidAdapterError(f"{path.name}: cannot read tensors ({exc})") from exc
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
-        raise InvalidAdapterError(f"{path.name} is not a state dict of named tensors")
-    return {k: v.detach().float() for k, v in state.items()}, path.name
 
 
 def _points(state: dict[str, Tensor], name: str) -> dict[Point, dict[str, Tensor]]:
@@ -239,7 +86,7 @@ def _points(state: dict[str, Tensor], name: str) -> dict[Point, dict[str, Tensor
             continue
         points.setdefault((int(match[1]), positions[match[2]]), {})[match[3]] = tensor
     if unknown:
-        raise _unsupported(f"weights {unknown[:3]}{'...' if len(unknown) > 3 else ''} are not "
+        raise unsupported(f"weights {unknown[:3]}{'...' if len(unknown) > 3 else ''} are not "
                            f"those of a bottleneck adapter named {name!r} in a BERT-style encoder")
     if not points:
         raise InvalidAdapterError(f"the weights hold no tensors of adapter {name!r}")
@@ -306,7 +153,7 @@ def _claimed(raw: dict[str, Any], points: dict[Point, dict[str, Tensor]], option
     if not shapes or any(len(s) != 2 for s in shapes):
         raise InvalidAdapterError(f"AdapterHub weights lack the down-projection matrices ({down})")
     if len({s[0] for s in shapes}) > 1:
-        raise _unsupported(f"reduction_factor {raw['config'].get('reduction_factor')!r} gives bottleneck "
+        raise unsupported(f"reduction_factor {raw['config'].get('reduction_factor')!r} gives bottleneck "
                            f"sizes {sorted({s[0] for s in shapes})} in different layers; this service "
                            f"runs one size in every layer")
     r, h = next(iter(shapes))
@@ -333,7 +180,7 @@ def _adapter(raw: dict[str, Any], state: dict[str, Tensor], base: BaseContext
             f"{claimed.num_layers} layers; the service runs {info.name} ({info.model_type}) with "
             f"hidden size {info.hidden_size} and {info.num_layers} layers")
     if r > MAX_BOTTLENECK:
-        raise _unsupported(f"its bottleneck of {r} is wider than this service's limit of {MAX_BOTTLENECK}")
+        raise unsupported(f"its bottleneck of {r} is wider than this service's limit of {MAX_BOTTLENECK}")
     try:
         config = AdapterConfig(bottleneck_size=r, **options.fields)
     except ValidationError as exc:
@@ -348,7 +195,7 @@ def _adapter(raw: dict[str, Any], state: dict[str, Tensor], base: BaseContext
             elif layer not in options.leave_out:
                 raise InvalidAdapterError(f"AdapterHub weights lack {where}, which is not in leave_out")
             elif not skips_exactly(config.recipe()):
-                raise _unsupported(
+                raise unsupported(
                     f"leave_out {sorted(options.leave_out)} with these options: no adapter weights "
                     f"compute what a layer without adapter does under {config.recipe()}")
             else:
@@ -360,147 +207,13 @@ def _adapter(raw: dict[str, Any], state: dict[str, Tensor], base: BaseContext
     return config, tensors, claimed
 
 
-# --------------------------------------------------------------------------------------- heads
-def _labels(config: dict[str, Any], n: int) -> list[str]:
-    """Class names in id order, from id2label or label2id; LABEL_i when neither is given."""
-    id2label, label2id = config.get("id2label"), config.get("label2id")
-    try:
-        if isinstance(id2label, dict):
-            names = {int(i): str(label) for i, label in id2label.items()}
-        elif isinstance(label2id, dict):
-            names = {int(i): str(label) for label, i in label2id.items()}
-        else:
-            return [f"LABEL_{i}" for i in range(n)]
-    except (TypeError, ValueError) as exc:
-        raise InvalidAdapterError(f"AdapterHub head: label ids must be integers ({exc})") from exc
-    if sorted(names) != list(range(n)) or len(set(names.values())) != n:
-        raise InvalidAdapterError(f"AdapterHub head: labels {names} are not {n} distinct names with "
-                                  f"ids 0..{n - 1}")
-    return [names[i] for i in range(n)]
-
-
-def _head_kind(config: dict[str, Any]) -> tuple[HeadKind, int]:
-    """The kind of a head config and its output width (num_labels)."""
-    head_type, n = config.get("head_type"), config.get("num_labels")
-    kinds = [k for k in HEAD_KINDS if k.head_type == head_type]
-    if not kinds:
-        raise _head_unsupported(f"head_type {head_type!r} is not supported")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise InvalidAdapterError(f"AdapterHub head: num_labels must be a positive integer, got {n!r}")
-    kind = next((k for k in kinds if k.outputs == n), None) or next(
-        (k for k in kinds if k.outputs is None), None)
-    if kind is None:
-        raise _head_unsupported(f"a {head_type} head with num_labels {n}")
-    return kind, n
-
-
-def _linears(state: dict[str, Tensor], name: str) -> list[tuple[Tensor, Tensor | None]]:
-    """The head's linear layers in order, as (weight, bias or None)."""
-    key_re = re.compile(rf"^heads\.{re.escape(name)}\.(\d+)\.(weight|bias)$")
-    layers: dict[int, dict[str, Tensor]] = {}
-    for key, tensor in state.items():
-        match = key_re.match(key)
-        if match is None:
-            raise _head_unsupported(f"weight {key!r} is not one of a prediction head named {name!r}")
-        layers.setdefault(int(match[1]), {})[match[2]] = tensor
-    if any("weight" not in p for p in layers.values()):
-        raise InvalidAdapterError("AdapterHub head weights have a bias without its weight")
-    return [(p["weight"], p.get("bias")) for _, p in sorted(layers.items())]
-
-
-def _head_layers(linears: list[tuple[Tensor, Tensor | None]], layers: int, n: int,
-                 act: Activation | None, h: int) -> dict[str, Tensor]:
-    """The head's linear layers under our names ("dense", "out"), checked against the base."""
-    shapes = [(h, h)] * (layers - 1) + [(n, h)]
-    if [tuple(w.shape) for w, _ in linears] != shapes:
-        raise IncompatibleAdapterError(
-            f"AdapterHub head weights have shapes {[tuple(w.shape) for w, _ in linears]}; a "
-            f"{layers}-layer head of {n} outputs on the served hidden size {h} needs {shapes}")
-    weights = [(w, torch.zeros(w.shape[0]) if b is None else b) for w, b in linears]  # bias=False
-    if layers == 2 and act is None:  # no activation between them: one linear layer computes both
-        (w1, b1), (w2, b2) = ((w.double(), b.double()) for w, b in weights)
-        weights = [((w2 @ w1).float(), (w2 @ b1 + b2).float())]
-    tensors: dict[str, Tensor] = {}
-    for part, (w, b) in zip(("dense", "out")[2 - len(weights):], weights, strict=True):
-        tensors[f"{part}.weight"], tensors[f"{part}.bias"] = w, b
-    return tensors
-
-
-def _head(directory: Path, base: BaseContext) -> tuple[HeadConfig, dict[str, Tensor], dict[str, Any], str]:
-    """The head's config, its tensors under our names, its raw config and weights file."""
-    if not (directory / HEAD_CONFIG).is_file():
-        raise InvalidAdapterError(f"no {HEAD_CONFIG}: the service serves an adapter with its "
-                                  f"prediction head; save it with model.save_adapter(dir, name, "
-                                  f"with_head=True)")
-    raw = _read_json(directory / HEAD_CONFIG)
-    config = raw.get("config")
-    if not isinstance(config, dict):
-        raise _head_unsupported(f"{HEAD_CONFIG} has no flex head config (a static head such as "
-                                f"BertForSequenceClassification's is not supported)")
-    kind, n = _head_kind(config)
-    layers = config.get("layers", 1)
-    use_pooler = bool(config.get("use_pooler")) and kind.sentence
-    if not isinstance(layers, int) or not 1 <= layers <= kind.max_layers:
-        raise _head_unsupported(f"a {kind.head_type} head with layers={layers!r}")
-    state, file = read_weights(directory, HEAD_WEIGHTS)
-    act = activation(config.get("activation_function"), "activation_function") if layers == 2 else None
-    tensors = _head_layers(_linears(state, str(raw.get("name"))), layers, n, act, base.info.hidden_size)
-    if use_pooler:
-        if base.pooler is None:
-            raise _head_unsupported("use_pooler=true reads the base model's pooler, and the served "
-                                    f"base {base.info.name} has none")
-        tensors.update({f"pooler.{k}": v.clone() for k, v in base.pooler.items()})
-    dropout = config.get("dropout_prob")
-    head = HeadConfig(
-        task_type=kind.task_type, labels=[] if kind.outputs else _labels(config, n),
-        pooling="cls", layers=2 if "dense.weight" in tensors else 1, activation=act or "tanh",
-        use_pooler=use_pooler,
-        dropout=dropout if isinstance(dropout, int | float) and 0 <= dropout < 1 else 0.1)
-    try:
-        get_task(kind.task_type).check_labels(head.labels)
-    except ValueError as exc:
-        raise InvalidAdapterError(f"AdapterHub head: {exc}") from exc
-    return head, tensors, config, file
-
-
-def _export_head(meta: AdapterMetadata, head: dict[str, Tensor], base: BaseContext
-                 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The library's head config and its weights, for our head."""
-    hc = meta.head_config
-    kind = HEAD_KIND_OF_TASK.get(hc.task_type)
-    if kind is None:
-        raise UnsupportedAdapterError(f"adapter {meta.name!r} is {hc.task_type}, which AdapterHub "
-                                      f"export does not cover: {SUPPORTED_HEADS}")
-    config: dict[str, Any] = {
-        "head_type": kind.head_type, "num_labels": kind.outputs or len(hc.labels),
-        "layers": min(hc.layers or kind.layers, kind.max_layers), "activation_function": hc.activation,
-        "label2id": {label: i for i, label in enumerate(hc.labels)} or None, "dropout_prob": hc.dropout}
-    if kind.sentence:
-        if not hc.use_pooler and hc.pooling != "cls":
-            raise UnsupportedAdapterError(
-                f"adapter {meta.name!r} has a head with pooling={hc.pooling!r}; AdapterHub's "
-                f"sentence heads read the first token (pooling='cls') or BERT's pooler "
-                f"(use_pooler=true): train it with one of those to export it to AdapterHub")
-        if hc.use_pooler and (base.pooler is None or not all(
-                torch.equal(head[f"pooler.{k}"].float(), v.float()) for k, v in base.pooler.items())):
-            raise UnsupportedAdapterError(
-                f"adapter {meta.name!r} has a head with its own pooler; AdapterHub's use_pooler "
-                f"reads the base checkpoint's pooler, which differs (or {base.info.name} has none)")
-        config.update(use_pooler=hc.use_pooler, bias=True)
-    # The library's head is nn.Sequential(Dropout, Linear, activation, Dropout, Linear).
-    parts = (("dense", 1), ("out", 4)) if config["layers"] == 2 else (("out", 1),)
-    state = {f"heads.{meta.name}.{i}.{p}": head[f"{part}.{p}"] for part, i in parts
-             for p in ("weight", "bias")}
-    return config, state
-
-
 # ------------------------------------------------------------------------------ the seam
 def convert(directory: Path, base: BaseContext) -> Converted:
     """The adapter and head that AdapterHub's save_adapter(dir, name, with_head=True) wrote."""
     raw = read_config(directory)
     state, weights_file = read_weights(directory, WEIGHTS)
     adapter, adapter_tensors, claimed = _adapter(raw, state, base)
-    head, head_tensors, head_raw, head_file = _head(directory, base)
+    head, head_tensors, head_raw, head_file = read_head(directory, base)
     source = {"library": "adapterhub", "name": raw.get("name"), "model_name": raw.get("model_name"),
               "config": raw.get("config"), "head_config": head_raw,
               "files": [CONFIG_FILE, weights_file, HEAD_CONFIG, head_file]}
@@ -569,7 +282,7 @@ def export(meta: AdapterMetadata, tensors: dict[str, Tensor], base: BaseContext)
                                       f"AdapterHub export covers {sorted(MODEL_CLASSES)}")
     model_class, prefix = MODEL_CLASSES[ref.model_type]
     adapter, head = split(tensors)
-    head_config, head_state = _export_head(meta, head, base)
+    head_config, head_state = export_head(meta, head, base)
     common = {"hidden_size": ref.hidden_size, "model_class": model_class, "model_name": ref.name,
               "model_type": ref.model_type, "name": meta.name, "version": LIBRARY_VERSION}
     return {

@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
-from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 from torch import Tensor
 
@@ -49,6 +48,8 @@ from app.adapters.interop import (
     Converted,
     read_config,
     read_json,
+    read_labels,
+    read_weights,
 )
 from app.adapters.interop.peft_config import (
     CLASSIFIER,
@@ -91,7 +92,7 @@ def convert(directory: Path, base: BaseContext) -> Converted:
             f"{base.info.name!r}, a {base.info.model_type!r} model")
     path = directory / MODEL_CONFIG_FILE
     model_config = read_json(path) if path.is_file() else {}
-    weights, weights_file = _read_weights(directory)
+    weights, weights_file = read_weights(directory, WEIGHTS_FILES)
     lora, saved = _split_keys(weights)
     peft_task = str(config["task_type"])
     classifier = {p: saved.pop(f"{CLASSIFIER}.{p}", None) for p in ("weight", "bias")}
@@ -116,26 +117,6 @@ def convert(directory: Path, base: BaseContext) -> Converted:
               "base_model_name_or_path": config.get("base_model_name_or_path"), "config": config,
               "files": files}
     return Converted(adapter, head, join(tensors, head_tensors), source, claimed)
-
-
-def _read_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
-    """The saved tensors (as float32) and the file they came from."""
-    for name in WEIGHTS_FILES:
-        path = directory / name
-        if not path.is_file():
-            continue
-        try:
-            if name.endswith(".safetensors"):
-                loaded: Any = st_load_file(str(path))
-            else:
-                loaded = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as exc:  # safetensors and torch.load raise their own error types
-            raise InvalidAdapterError(f"{name} cannot be read ({exc})") from exc
-        if not isinstance(loaded, dict) or not all(
-                isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()):
-            raise InvalidAdapterError(f"{name} is not a state dict of named tensors")
-        return {k: v.detach().float() for k, v in loaded.items()}, name
-    raise InvalidAdapterError(f"no {' or '.join(WEIGHTS_FILES)} next to {CONFIG_FILE}")
 
 
 def _split_keys(weights: dict[str, Tensor]) -> tuple[Lora, dict[str, Tensor]]:
@@ -316,29 +297,13 @@ def _task(peft_task: str, model_config: dict[str, Any], outputs: int
                 f"a regression classifier with {outputs} outputs cannot be imported: regression "
                 f"here predicts one value")
         return task, []
-    labels = _labels(model_config, outputs)
+    labels = read_labels(model_config, outputs, MODEL_CONFIG_FILE)
     try:
         get_task(task).check_labels(labels)
     except ValueError as exc:
         raise UnsupportedAdapterError(f"{exc} (a classifier with one output is regression: "
                                       f"problem_type 'regression')") from exc
     return task, labels
-
-
-def _labels(model_config: dict[str, Any], outputs: int) -> list[str]:
-    """id2label's names in output order; transformers' LABEL_i without it."""
-    id2label = model_config.get("id2label")
-    if id2label is None:
-        return [f"LABEL_{i}" for i in range(outputs)]
-    names = {str(k): v for k, v in id2label.items()} if isinstance(id2label, dict) else {}
-    if sorted(names) != sorted(str(i) for i in range(outputs)):
-        raise InvalidAdapterError(
-            f"{MODEL_CONFIG_FILE}: id2label must name the classifier's {outputs} outputs 0.."
-            f"{outputs - 1}, got {str(id2label)[:200]}")
-    labels = [str(names[str(i)]) for i in range(outputs)]
-    if len(set(labels)) != len(labels):
-        raise InvalidAdapterError(f"{MODEL_CONFIG_FILE}: id2label repeats labels: {labels}")
-    return labels
 
 
 # ---------------------------------------------------------------------------------- export
