@@ -23,8 +23,9 @@ from app.adapters.store import AdapterStore
 from app.adapters.tiers import HostAdapter, HostTier, Tier, TierBudgets, TierStats
 from app.adapters.versions import StoredVersions
 from app.errors import AdapterNotFoundError
-from app.model.bank import AdapterBank, RowRouting
+from app.model.bank import AdapterBank
 from app.model.encoder import FrozenEncoder
+from app.model.routing import RowRouting
 from app.status import AdapterResidency, TierState
 from app.tasks import Head, build_head
 

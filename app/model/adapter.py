@@ -1,10 +1,9 @@
-"""Adapters: the config (bottleneck or LoRA), one trainable adapter set, the wrappers around base
-layers, and the bottleneck recipe every path computes the same way."""
+"""Adapters: the config (bottleneck or LoRA), the routing protocol the wrapped base layers ask,
+the bottleneck recipe every path computes the same way, and one trainable adapter set."""
 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
@@ -314,78 +313,3 @@ class AdapterSet(nn.Module):
         module = adapters[name]
         assert isinstance(module, BottleneckAdapter)
         return module.block(y, residual, layer_norm)
-
-
-class RoutingHook:
-    """Shared by every wrapped layer of one base model: which routing the current thread uses.
-
-    Thread-local so that concurrent forward passes (serving thread, tests, an in-process trainer)
-    never see each other's adapters.
-    """
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    @property
-    def current(self) -> AdapterRouting | None:
-        return getattr(self._local, "routing", None)
-
-    def set(self, routing: AdapterRouting | None) -> AdapterRouting | None:
-        previous = self.current
-        self._local.routing = routing
-        return previous
-
-
-class AdaptedLinear(nn.Module):
-    """Wraps a base projection: y = base(x) + the routed LoRA update, and, where the encoder has
-    no output-block modules (`point` given), the routed bottleneck on y."""
-
-    hook: RoutingHook
-
-    def __init__(self, base_layer: nn.Module, site: int | None, point: int | None,
-                 hook: RoutingHook) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        self.site = site
-        self.point = point
-        # A plain attribute, not a submodule: the hook holds no parameters.
-        self.__dict__["hook"] = hook
-
-    def forward(self, x: Tensor) -> Tensor:
-        y: Tensor = self.base_layer(x)
-        routing = self.hook.current
-        if routing is None:
-            return y
-        if self.site is not None:
-            y = routing.lora(self.site, x, y)
-        if self.point is not None:
-            y = routing.bottleneck(self.point, y, None, None)
-        return y
-
-
-class AdaptedBlock(nn.Module):
-    """Wraps a BERT output block (dense, dropout, LayerNorm; out = LN(dropout(dense(h)) + t)):
-    the routed bottleneck runs inside it, where AdapterHub puts it."""
-
-    hook: RoutingHook
-    _dense: nn.Module
-    _dropout: nn.Module
-    _norm: nn.Module
-
-    def __init__(self, block: nn.Module, point: int, hook: RoutingHook) -> None:
-        super().__init__()
-        self.block = block
-        self.point = point
-        self.__dict__["hook"] = hook
-        # Its parts as plain attributes too (they stay registered once, under `block`).
-        for attr, part in (("_dense", "dense"), ("_dropout", "dropout"), ("_norm", "LayerNorm")):
-            self.__dict__[attr] = getattr(block, part)
-
-    def forward(self, hidden_states: Tensor, input_tensor: Tensor, *args: object,
-                **kwargs: object) -> Tensor:
-        y: Tensor = self._dropout(self._dense(hidden_states))
-        routing = self.hook.current
-        if routing is None:
-            out: Tensor = self._norm(y + input_tensor)
-            return out
-        return routing.bottleneck(self.point, y, input_tensor, self._norm)

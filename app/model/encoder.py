@@ -15,8 +15,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from app.errors import UnsupportedModelError
-from app.model.adapter import NATIVE, AdapterConfig, AdapterRouting, Dims, RoutingHook
-from app.model.injection import find_layout, inject
+from app.model.adapter import NATIVE, AdapterConfig, AdapterRouting, Dims
+from app.model.injection import RoutingHook, find_layout, inject
 from app.model.tokenization import EncodedBatch, TextEncoder
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,9 @@ import torch
 from torch.testing import assert_close
 
 from app.model.adapter import AdapterConfig, AdapterSet
-from app.model.bank import NULL_SLOT, AdapterBank
+from app.model.bank import AdapterBank
 from app.model.encoder import FrozenEncoder
+from app.model.routing import NULL_SLOT
 from tests.conftest import random_adapter
 
 TEXTS = ["the film was good", "john visited paris today and it was fun", "bad", "not very fun"]
@@ -98,7 +99,8 @@ def test_training_step_changes_only_adapter_and_head(encoder: FrozenEncoder) -> 
 
 
 def test_wrapped_layers_keep_a_reference_to_the_base_layer(encoder: FrozenEncoder) -> None:
-    from app.model.adapter import LORA_SITES, AdaptedBlock, AdaptedLinear
+    from app.model.adapter import LORA_SITES
+    from app.model.injection import AdaptedBlock, AdaptedLinear
 
     wrapped = [m for m in encoder.model.modules() if isinstance(m, AdaptedLinear)]
     assert len(wrapped) == len(LORA_SITES) * encoder.info.num_layers  # every LoRA site

@@ -18,9 +18,9 @@ from transformers import (
 )
 
 from app.errors import UnsupportedModelError
-from app.model.adapter import LORA_SITES, AdapterConfig, AdapterSet, Dims, RoutingHook
+from app.model.adapter import LORA_SITES, AdapterConfig, AdapterSet, Dims
 from app.model.encoder import FrozenEncoder, fingerprint
-from app.model.injection import inject
+from app.model.injection import RoutingHook, inject
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
          "intermediate_size": 37, "vocab_size": 99}
