@@ -21,7 +21,7 @@ from app.adapters.store import AdapterStore
 from app.client import AsyncClient, Client, Invalid, JobFailed, NotFound
 from app.client.calls import Follower
 from app.client.progress import Bar, Lines, Silent, display
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.main import create_app
 from app.model.adapter import AdapterConfig
 from app.schemas.jobs import JobView
@@ -255,3 +255,24 @@ def test_follower_shows_the_stream_and_raises_the_jobs_error() -> None:
     with pytest.raises(JobFailed, match="j \\(n\\) failed: out of memory") as failed:
         follower.result()
     assert failed.value.job.error == "out of memory"
+
+
+def test_cli_train_prints_a_line_per_epoch_off_a_terminal(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(32)))
+    monkeypatch.setenv("BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("ADAPTERS_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("TRAIN_THREADS", "1")
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["train", "--name", "cli", "--data", str(rows),
+                         "--config-json", json.dumps({**QUICK, "epochs": 2})]) == 0
+    finally:
+        get_settings.cache_clear()
+    out, err = capsys.readouterr()
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
+    assert all("train_loss=" in line and "accuracy=" in line for line in epochs)
+    assert json.loads(out)["version"] == 1
