@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import PrivateAttr
 
-from app.client import calls
+import app.client.calls as calls
 from app.client.calls import Call, Format, Inputs
 from app.client.progress import display
 from app.schemas.adapters import AdapterDetail, AdapterList, AdapterSummary, DeleteResult
