@@ -13,14 +13,16 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 
 from app import cli
 from app.adapters.store import AdapterStore
-from app.client import AsyncClient, Client, Invalid, JobFailed, NotFound
+from app.client import AsyncClient, Client, Invalid, JobFailed, NotFound, ServerError
 from app.client.calls import Follower
 from app.client.progress import Bar, Lines, Silent, display
+from app.client.sync import http_options
 from app.config import Settings, get_settings
 from app.main import create_app
 from app.model.adapter import AdapterConfig
@@ -276,3 +278,29 @@ def test_cli_train_prints_a_line_per_epoch_off_a_terminal(
     assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
     assert all("train_loss=" in line and "accuracy=" in line for line in epochs)
     assert json.loads(out)["version"] == 1
+
+
+def test_bearer_key_and_errors_without_the_api_body() -> None:
+    """The key goes as a Bearer header; an answer that is not the API's (a proxy's 502 page)
+    is still an AdapterServeError with its status."""
+    seen: list[httpx.Request] = []
+
+    def proxy(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(502, text="<html>bad gateway</html>",
+                              headers={"X-Request-ID": "r1"})
+
+    http = httpx.Client(**http_options("http://server", "k3y", 5),
+                        transport=httpx.MockTransport(proxy))
+    with Client(http=http) as c, pytest.raises(ServerError) as failed:
+        c.health()
+    assert seen[0].headers["Authorization"] == "Bearer k3y"
+    assert (failed.value.status, failed.value.code, failed.value.request_id) == (
+        502, "http_error", "r1")
+    assert "bad gateway" in failed.value.message
+
+
+def test_wait_gives_up_at_its_timeout() -> None:
+    follower = Follower(Silent(), timeout=0)
+    with pytest.raises(TimeoutError, match="job not over"):
+        follower.feed(": keep-alive")
