@@ -91,7 +91,7 @@ class AsyncClient:
 
     async def wait(self, job_id: str, progress: bool = True, timeout: float | None = None
                    ) -> AsyncJob:
-        show = display(progress, desc=job_id)
+        show = display(progress, desc=job_id[:8])
         follower = calls.Follower(show, timeout)
         call = calls.events(job_id)
         try:

@@ -98,7 +98,7 @@ class Client:
 
     def wait(self, job_id: str, progress: bool = True, timeout: float | None = None) -> Job:
         """Follow GET /jobs/{id}/events to the end; see Job.wait."""
-        show = display(progress, desc=job_id)
+        show = display(progress, desc=job_id[:8])
         follower = calls.Follower(show, timeout)
         call = calls.events(job_id)
         try:
