@@ -1,11 +1,12 @@
-"""The `adapter-serve` command: serve, or train an adapter offline into the store."""
+"""The `adapter-serve` command: serve, train or import offline into the store, or (jobs, predict)
+ask a running server through the Python client."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from app.config import get_settings
+from app.config import ClientSettings, get_settings
 from app.tasks import TASK_TYPES
 
 
@@ -32,6 +33,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from app.adapters.store import AdapterStore, validate_name
+    from app.client.progress import display
     from app.errors import ServiceError
     from app.model.encoder import FrozenEncoder
     from app.training.config import TrainConfig
@@ -52,10 +54,16 @@ def _train(args: argparse.Namespace) -> int:
                        config.seed, settings.max_train_rows, settings.max_text_chars)
         encoder = FrozenEncoder.load(settings.base_model, settings.device, "float32",
                                      settings.max_seq_length)
-        stored, result = train_and_store(
-            encoder, AdapterStore(settings.adapters_dir), args.name, data, config,
-            args.description,
-            on_epoch=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
+        epochs = config.resolved(args.task_type).epochs
+        show = display(lines=True)  # a bar on a terminal, a line per epoch otherwise
+        try:
+            stored, result = train_and_store(
+                encoder, AdapterStore(settings.adapters_dir), args.name, data, config,
+                args.description,
+                on_progress=lambda p: show.step(p.epoch, p.epochs, p.step, p.total_steps, p.loss),
+                on_epoch=lambda r: show.epoch(r, epochs))
+        finally:
+            show.close()
     except ServiceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
@@ -114,6 +122,39 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask(args: argparse.Namespace) -> int:
+    """jobs / predict: one call to a running server, its answer printed as JSON."""
+    import json
+
+    import httpx
+
+    from app.client import AdapterServeError, Client
+
+    env = ClientSettings()
+    try:
+        with Client(args.url or env.url, args.api_key or env.api_key) as client:
+            if args.command == "jobs":
+                answer = {"jobs": [j.model_dump(mode="json")
+                                   for j in client.jobs(args.status, args.limit)]}
+            else:
+                answer = client.predict(args.task, args.text, args.version).model_dump(mode="json")
+    except AdapterServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"error: cannot reach {args.url or env.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer))
+    return 0
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="the server (default: ADAPTER_SERVE_URL or "
+                        "http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", help="Bearer key (default: ADAPTER_SERVE_API_KEY)")
+    parser.set_defaults(func=_ask)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adapter-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", required=True, help="adapter name")
     imp.add_argument("path", help="the directory, .zip/.tar.gz or .safetensors file")
     imp.set_defaults(func=_import)
+    jobs = sub.add_parser("jobs", help="list a server's training jobs (JSON)")
+    jobs.add_argument("--status", choices=["queued", "running", "succeeded", "failed",
+                                           "cancelled"])
+    jobs.add_argument("--limit", type=int, default=100)
+    _client_options(jobs)
+    predict = sub.add_parser("predict", help="predict with a server's adapter (JSON)")
+    predict.add_argument("task", help="adapter name")
+    predict.add_argument("text", nargs="+", help="one or more texts")
+    predict.add_argument("--version", type=int, help="adapter version (default: the newest)")
+    _client_options(predict)
     return parser
 
 

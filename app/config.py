@@ -152,3 +152,13 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+class ClientSettings(BaseSettings):
+    """What `adapter-serve jobs|predict` read from the environment (the client side, not the
+    server's settings): ADAPTER_SERVE_URL and ADAPTER_SERVE_API_KEY."""
+
+    model_config = SettingsConfigDict(env_prefix="ADAPTER_SERVE_", extra="ignore")
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
