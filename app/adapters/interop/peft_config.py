@@ -13,11 +13,22 @@ from app.adapters.interop import CONFIG_FILE
 from app.errors import InvalidAdapterError, UnsupportedAdapterError
 from app.model.adapter import DEFAULT_LORA_TARGETS
 from app.model.injection import BERT_LAYOUT
+from app.tasks import TaskType
 
 LAYERS = "bert.encoder.layer"
 POOLER = "bert.pooler.dense"
 CLASSIFIER = "classifier"
 SEQ_CLS = "SEQ_CLS"  # the PEFT task type whose model (BertForSequenceClassification) has a pooler
+WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # PEFT reads the first found
+MODEL_CONFIG_FILE = "config.json"
+KEY_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the transformers model
+# This service's task types that PEFT's BertFor* models compute: (PEFT task type, problem_type).
+TASKS: dict[TaskType, tuple[str, str | None]] = {
+    "classification": (SEQ_CLS, "single_label_classification"),
+    "multi_label_classification": (SEQ_CLS, "multi_label_classification"),
+    "regression": (SEQ_CLS, "regression"),
+    "token_classification": ("TOKEN_CLS", None),
+}
 SITE_PATHS = BERT_LAYOUT.sites  # LoRA site -> its module inside a layer
 LAYER_RE = re.compile(rf"{re.escape(LAYERS)}\.(\d+)\.(.+)")
 # The modules of a BertLayer, in named_modules() order: what a target pattern may match.
