@@ -55,6 +55,13 @@ def class_name(value: Any, where: str) -> str:
                             f"{type(value).__name__}")
 
 
+def check_given_labels(given: list[str] | None) -> None:
+    """The request's own label list, when it gives one: distinct, non-empty names."""
+    if given is not None and (
+            len(set(given)) != len(given) or not all(isinstance(x, str) and x for x in given)):
+        raise InvalidInputError(f"labels must be distinct non-empty strings, got {given}")
+
+
 def accuracy(gold: Sequence[int], pred: Sequence[int]) -> float:
     return sum(g == p for g, p in zip(gold, pred, strict=True)) / max(1, len(gold))
 
@@ -80,9 +87,7 @@ class Classification(SequenceTask):
 
     def labels(self, train: Examples, given: list[str] | None) -> list[str]:
         seen = list(dict.fromkeys(class_name(v, f"train[{i}]") for i, v in enumerate(train.targets)))
-        if given is not None and (
-                len(set(given)) != len(given) or not all(isinstance(x, str) and x for x in given)):
-            raise InvalidInputError(f"labels must be distinct non-empty strings, got {given}")
+        check_given_labels(given)
         labels = list(given) if given else sorted(seen)
         if len(seen) < 2:
             raise InvalidInputError(f"train has only one class ({seen[0]!r}); a classifier needs "

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from app.errors import InvalidInputError
 from app.model.tokenization import Feature
 from app.tasks.base import DecodeOptions, Examples, Head, Prediction, TaskDefaults
-from app.tasks.classification import class_name
+from app.tasks.classification import check_given_labels, class_name
 from app.tasks.sequence import SequenceHead, SequenceTask, check_text_rows
 
 THRESHOLD = 0.5  # a label is predicted when its probability reaches this
@@ -91,9 +91,7 @@ class MultiLabelClassification(SequenceTask):
 
     def labels(self, train: Examples, given: list[str] | None) -> list[str]:
         seen = sorted({name for names in train.targets for name in names})
-        if given is not None and (
-                len(set(given)) != len(given) or not all(isinstance(x, str) and x for x in given)):
-            raise InvalidInputError(f"labels must be distinct non-empty strings, got {given}")
+        check_given_labels(given)
         if not seen:
             raise InvalidInputError("no row of train has a label: a multi-label classifier needs "
                                     "examples of at least one label")

@@ -47,7 +47,13 @@ def test_mixed_batch_equals_each_row_alone(encoder: FrozenEncoder, assignment: l
     bank = _bank(encoder)
     slots = [bank.add(c, a.state_dict()) for c, a in zip(CONFIGS, adapters, strict=True)]
     assert slots == [1, 2, 3, 4]
+    _assert_each_row_as_alone(encoder, batch, bank, adapters, assignment)
 
+
+def _assert_each_row_as_alone(encoder: FrozenEncoder, batch, bank: AdapterBank,  # type: ignore[no-untyped-def]
+                               adapters: list[AdapterSet], assignment: list[int]) -> None:
+    """Row i of the mixed batch (slot assignment[i]) equals that row alone through its adapter
+    (or the bare base), and every adapter really changes its row's output."""
     mixed = encoder.forward(batch, bank.routing(assignment))
     bare = encoder.forward(batch)
     for row, slot in enumerate(assignment):
@@ -56,7 +62,7 @@ def test_mixed_batch_equals_each_row_alone(encoder: FrozenEncoder, assignment: l
                  else encoder.forward(one, adapters[slot - 1]))
         n = int(batch.attention_mask[row].sum())
         assert_close(mixed[row, :n], alone[0, :n], rtol=1e-4, atol=1e-5)
-        if slot != NULL_SLOT:  # the adapter really changes the output
+        if slot != NULL_SLOT:
             assert not torch.allclose(mixed[row], bare[row], atol=1e-3)
 
 
@@ -138,16 +144,7 @@ def test_bottleneck_recipes_and_lora_rows_mix_in_one_pass(encoder: FrozenEncoder
     bank = _bank(encoder)
     slots = [bank.add(c, a.state_dict()) for c, a in zip(KINDS, adapters, strict=True)]
     assert slots == list(range(1, len(KINDS) + 1))
-    mixed = encoder.forward(batch, bank.routing(assignment))
-    bare = encoder.forward(batch)
-    for row, slot in enumerate(assignment):
-        one = _row(batch, row)
-        alone = (encoder.forward(one) if slot == NULL_SLOT
-                 else encoder.forward(one, adapters[slot - 1]))
-        n = int(batch.attention_mask[row].sum())
-        assert_close(mixed[row, :n], alone[0, :n], rtol=1e-4, atol=1e-5)
-        if slot != NULL_SLOT:
-            assert not torch.allclose(mixed[row], bare[row], atol=1e-3)
+    _assert_each_row_as_alone(encoder, batch, bank, adapters, assignment)
 
 
 @torch.inference_mode()
