@@ -8,7 +8,7 @@ METADATA_FILE = "adapter.json"
 VERSION_DIR_PREFIX = "v"
 # The store's index (app/adapters/index.py), in the store root; a new format rebuilds it.
 INDEX_FILE = ".index.sqlite3"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 # Key of the JSON metadata embedded in the safetensors header, so one file is self-describing.
 SAFETENSORS_METADATA_KEY = "adapter_serve"
 

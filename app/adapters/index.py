@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from app.constants import INDEX_FILE, INDEX_FORMAT
 
@@ -47,7 +47,7 @@ DROP TABLE IF EXISTS meta;
 CREATE TABLE versions (
     name TEXT NOT NULL, version INTEGER NOT NULL, task_type TEXT NOT NULL, labels TEXT NOT NULL,
     created_at TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, PRIMARY KEY (name, version)) WITHOUT ROWID;
+    mtime_ns INTEGER NOT NULL, metrics TEXT NOT NULL, PRIMARY KEY (name, version)) WITHOUT ROWID;
 CREATE TABLE changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
     mtime_ns INTEGER, size INTEGER);  -- NULL stamp: the version was removed
@@ -67,6 +67,7 @@ class IndexRow:
     sha256: str
     size: int
     mtime_ns: int
+    metrics: str = "{}"  # the stored epoch's metrics, as JSON
 
     @property
     def key(self) -> Key:
@@ -86,6 +87,8 @@ class NameSummary:
     task_type: str
     labels: list[str]
     created_at: str
+    size: int  # bytes of the newest version's weights file
+    metrics: dict[str, Any]  # the newest version's metrics of its stored epoch
 
 
 @dataclass(frozen=True)
@@ -134,9 +137,10 @@ class StoreIndex:
     def changes_since(self, since: Generation) -> Changes:
         return self._run(lambda db: _changes_since(db, since))
 
-    def page(self, after: str, prefix: str, limit: int) -> list[NameSummary]:
-        """Up to `limit` names after `after` (in name order) that start with `prefix`."""
-        return self._run(lambda db: _page(db, after, prefix, limit))
+    def page(self, after: str, prefix: str, limit: int, contains: str = "") -> list[NameSummary]:
+        """Up to `limit` names after `after` (in name order) that start with `prefix` and hold
+        `contains`."""
+        return self._run(lambda db: _page(db, after, prefix, limit, contains))
 
     # ------------------------------------------------------------------------------ changes
     def put(self, row: IndexRow) -> None:
@@ -281,9 +285,9 @@ def _meta(db: sqlite3.Connection, key: str) -> str | None:
 
 
 def _upsert(db: sqlite3.Connection, row: IndexRow) -> None:
-    db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (row.name, row.version, row.task_type, json.dumps(list(row.labels)),
-                row.created_at, row.sha256, row.size, row.mtime_ns))
+                row.created_at, row.sha256, row.size, row.mtime_ns, row.metrics))
     _log_change(db, row.key, row.stamp)
 
 
@@ -329,17 +333,18 @@ def _changes_since(db: sqlite3.Connection, since: Generation) -> Changes:
         db.execute("COMMIT")
 
 
-def _page(db: sqlite3.Connection, after: str, prefix: str, limit: int) -> list[NameSummary]:
+def _page(db: sqlite3.Connection, after: str, prefix: str, limit: int, contains: str = ""
+          ) -> list[NameSummary]:
     # Names are [a-z0-9_-]: every name that starts with `prefix` sorts below prefix + "~".
     rows = db.execute(
         "WITH page AS (SELECT DISTINCT name FROM versions WHERE name > ? AND name >= ? "
-        "AND name < ? ORDER BY name LIMIT ?) "
-        "SELECT name, version, task_type, labels, created_at FROM versions "
-        "WHERE name IN page ORDER BY name, version", (after, prefix, prefix + "~", limit))
+        "AND name < ? AND instr(name, ?) > 0 ORDER BY name LIMIT ?) "
+        "SELECT name, version, task_type, labels, created_at, size, metrics FROM versions "
+        "WHERE name IN page ORDER BY name, version", (after, prefix, prefix + "~", contains, limit))
     out = []
     for name, group in itertools.groupby(rows, key=lambda row: row[0]):
         found = list(group)
-        _, _, task_type, labels, created_at = found[-1]  # the newest version describes the name
+        _, _, task_type, labels, created_at, size, metrics = found[-1]  # the newest describes it
         out.append(NameSummary(name, [row[1] for row in found], task_type, json.loads(labels),
-                               created_at))
+                               created_at, size, json.loads(metrics)))
     return out

@@ -29,6 +29,7 @@ class AdapterPage:
     """Names in order; `last` is the last one shown when more follow, else None."""
 
     adapters: list[NameSummary]
+    tiers: list[Tier]  # where each name's newest version is held now
     last: str | None
 
 
@@ -40,11 +41,13 @@ class AdapterService:
         self.max_bytes = max_bytes
         self.strict_base = strict_base
 
-    def overview(self, limit: int, after: str = "", prefix: str = "") -> AdapterPage:
+    def overview(self, limit: int, after: str = "", prefix: str = "", contains: str = ""
+                 ) -> AdapterPage:
         """One page of names in order, from the store's index (no adapter file is read)."""
-        found = self.store.page(after, prefix, limit + 1)
-        more = len(found) > limit
-        return AdapterPage(found[:limit], found[limit - 1].name if more else None)
+        found = self.store.page(after, prefix, limit + 1, contains)
+        more, shown = len(found) > limit, found[:limit]
+        tiers = [self.registry.tier((a.name, a.versions[-1])) for a in shown]
+        return AdapterPage(shown, tiers, found[limit - 1].name if more else None)
 
     def describe(self, name: str, version: int | None = None) -> AdapterInfo:
         key = self.registry.resolve(name, version)

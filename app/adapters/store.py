@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -189,9 +190,11 @@ class AdapterStore:
         """Versions added, replaced or removed since `generation` (O(changes), from the index)."""
         return self.index.changes_since(generation)
 
-    def page(self, after: str = "", prefix: str = "", limit: int = 100) -> list[NameSummary]:
-        """Names after `after` that start with `prefix`, in order, from the index."""
-        return self.index.page(after, prefix, limit)
+    def page(self, after: str = "", prefix: str = "", limit: int = 100, contains: str = ""
+             ) -> list[NameSummary]:
+        """Names after `after` that start with `prefix` (and hold `contains`), in order, from
+        the index."""
+        return self.index.page(after, prefix, limit, contains)
 
     def rescan(self) -> int:
         """Correct the index from the files (slow: stats every version); returns the fixes."""
@@ -333,4 +336,5 @@ Encoder = Callable[[AdapterMetadata], bytes]  # stored metadata -> the weights f
 
 def _row(key: Key, meta: AdapterMetadata, stamp: Stamp) -> IndexRow:
     return IndexRow(*key, meta.task_type, tuple(meta.labels), meta.created_at,
-                    meta.weights_sha256, size=stamp[1], mtime_ns=stamp[0])
+                    meta.weights_sha256, size=stamp[1], mtime_ns=stamp[0],
+                    metrics=json.dumps(meta.metrics))

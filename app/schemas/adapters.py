@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.adapters.index import NameSummary
 from app.adapters.service import AdapterInfo, AdapterPage
+from app.adapters.tiers import Tier
 from app.constants import FORMAT_VERSION, NAME_PATTERN, NAME_RE
 from app.model.adapter import AdapterConfig
 from app.tasks import HeadConfig, TaskType
@@ -36,11 +37,17 @@ class AdapterSummary(BaseModel):
     task_type: str
     labels: list[str]
     created_at: str
+    size_bytes: int = Field(description="Size of the newest version's weights file.")
+    metrics: dict[str, Any] = Field(description="The newest version's validation metrics of "
+                                    "its stored epoch.")
+    tier: Literal["device", "host", "disk"] = Field(
+        description="Where the newest version is held now (device: resident, served at once).")
 
     @classmethod
-    def of(cls, found: NameSummary) -> AdapterSummary:
+    def of(cls, found: NameSummary, tier: Tier) -> AdapterSummary:
         return cls(name=found.name, latest_version=found.versions[-1], versions=found.versions,
-                   task_type=found.task_type, labels=found.labels, created_at=found.created_at)
+                   task_type=found.task_type, labels=found.labels, created_at=found.created_at,
+                   size_bytes=found.size, metrics=found.metrics, tier=tier.value)
 
 
 class AdapterList(BaseModel):
@@ -50,7 +57,8 @@ class AdapterList(BaseModel):
 
     @classmethod
     def of(cls, page: AdapterPage) -> AdapterList:
-        return cls(adapters=[AdapterSummary.of(a) for a in page.adapters],
+        return cls(adapters=[AdapterSummary.of(a, t) for a, t in zip(page.adapters, page.tiers,
+                                                                      strict=True)],
                    next_cursor=None if page.last is None else encode_cursor(page.last))
 
 

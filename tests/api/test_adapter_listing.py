@@ -17,7 +17,7 @@ NAMES = [f"task{i}" for i in range(7)]
 def listed(store: AdapterStore, make_adapter: AdapterFactory, client: TestClient) -> TestClient:
     for i, name in enumerate(NAMES):
         make_adapter(store, name, seed=i)
-    make_adapter(store, "task1", seed=9)
+    make_adapter(store, "task1", seed=9, metrics={"epoch": 2, "accuracy": 0.9})
     assert client.post("/adapters/reload").json() == {"changed": True, "adapters": 7,
                                                       "versions": 8}
     return client
@@ -43,6 +43,23 @@ def test_default_page_holds_every_field(listed: TestClient) -> None:
     assert task1["versions"] == [1, 2] and task1["latest_version"] == 2
     assert task1["task_type"] == "classification" and task1["labels"] == ["neg", "pos"]
     assert task1["created_at"]
+    stored = listed.get("/adapters/task1").json()
+    assert task1["metrics"] == stored["metrics"] == {"epoch": 2, "accuracy": 0.9}
+    assert task1["size_bytes"] == AdapterStore(listed.app.state.services.settings.adapters_dir
+                                               ).weights_path("task1", 2).stat().st_size
+    assert task1["tier"] == stored["tier"]
+
+
+def test_search_finds_names_holding_the_text_a_page_at_a_time(
+        store: AdapterStore, make_adapter: AdapterFactory, client: TestClient) -> None:
+    for i, name in enumerate(["spam-en", "ham", "spam-de", "news-spam", "sentiment"]):
+        make_adapter(store, name, seed=i)
+    client.post("/adapters/reload")
+    assert _walk(client, contains="spam", limit=2) == [["news-spam", "spam-de"], ["spam-en"]]
+    assert _walk(client, contains="spam", prefix="spam") == [["spam-de", "spam-en"]]
+    assert _walk(client, contains="zzz") == [[]]
+    bad = client.get("/adapters", params={"contains": "Spam!"})
+    assert bad.status_code == 422 and "contains" in bad.text
 
 
 @pytest.mark.parametrize(("limit", "pages"), [

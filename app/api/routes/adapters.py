@@ -37,14 +37,16 @@ CursorQuery = Annotated[str | None, Query(max_length=100, description="`next_cur
                                           "previous page."), AfterValidator(decode_cursor)]
 PrefixQuery = Annotated[str, Query(max_length=64, pattern=r"^[a-z0-9_-]*$",
                                    description="Only names that start with this.")]
+ContainsQuery = Annotated[str, Query(max_length=64, pattern=r"^[a-z0-9_-]*$",
+                                     description="Only names that hold this (a search box).")]
 ERRORS = responses(404, 422)
 
 
 @router.get("", response_model=AdapterList, responses=responses(422))
 def list_adapters(services: ServicesDep, limit: LimitQuery = 100, cursor: CursorQuery = None,
-                  prefix: PrefixQuery = "") -> AdapterList:
+                  prefix: PrefixQuery = "", contains: ContainsQuery = "") -> AdapterList:
     """Adapters in name order, a page at a time, from the store's index."""
-    return AdapterList.of(services.adapters.overview(limit, cursor or "", prefix))
+    return AdapterList.of(services.adapters.overview(limit, cursor or "", prefix, contains))
 
 
 @router.post("/reload", response_model=ReloadResult, dependencies=[AdminScope])
