@@ -121,6 +121,8 @@ class Settings(BaseSettings):
                                    "but training uploads and adapter imports (their own limits).")
 
     # --- HTTP -------------------------------------------------------------------------------
+    console: bool = Field(True, description="Serve the web console at / and /ui/ (its calls "
+                          "go through the same API and keys).")
     host: str = Field("127.0.0.1", description="Bind address of `adapter-serve serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `adapter-serve serve`.")
     log_level: str = Field("info", description="Python logging level.")

@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.api import errors
 from app.api.auth import KeyRing, PredictScope
 from app.api.middleware import BodyLimitMiddleware, ObserveMiddleware
-from app.api.routes import adapters, health, jobs, predict, training
+from app.api.routes import adapters, console, health, jobs, meta, predict, training
 from app.config import Settings, get_settings
+from app.console import STATIC_DIR
 from app.logs import configure_logging
 from app.services import Services
 
@@ -57,8 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=[errors.REQUEST_ID_HEADER, "Retry-After", "Location"])
 
     app.include_router(health.router)
+    app.include_router(meta.router)
     for router in (predict.router, training.router, adapters.router, jobs.router):
         app.include_router(router, dependencies=[PredictScope], responses=errors.responses(401, 403))
+    if cfg.console:
+        app.mount(console.STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="console-static")
+        app.include_router(console.router)
     return app
 
 

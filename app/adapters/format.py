@@ -65,6 +65,12 @@ class AdapterMetadata(BaseModel):
     source: dict[str, Any] = Field(default_factory=dict)  # imported: the library and its config
     warnings: list[str] = Field(default_factory=list)  # e.g. trained on another checkpoint
 
+    @property
+    def stored_epoch_metrics(self) -> dict[str, Any]:
+        """The validation metrics of the epoch that was stored ({} for an imported adapter)."""
+        found = self.metrics.get("validation")
+        return found if isinstance(found, dict) else {}
+
     @model_validator(mode="after")
     def _check(self) -> AdapterMetadata:
         if self.format_version > FORMAT_VERSION:

@@ -67,7 +67,7 @@ class IndexRow:
     sha256: str
     size: int
     mtime_ns: int
-    metrics: str = "{}"  # the stored epoch's metrics, as JSON
+    metrics: str = "{}"  # the stored epoch's validation metrics, as JSON
 
     @property
     def key(self) -> Key:
@@ -88,7 +88,7 @@ class NameSummary:
     labels: list[str]
     created_at: str
     size: int  # bytes of the newest version's weights file
-    metrics: dict[str, Any]  # the newest version's metrics of its stored epoch
+    metrics: dict[str, Any]  # the newest version's validation metrics of its stored epoch
 
 
 @dataclass(frozen=True)

@@ -337,4 +337,4 @@ Encoder = Callable[[AdapterMetadata], bytes]  # stored metadata -> the weights f
 def _row(key: Key, meta: AdapterMetadata, stamp: Stamp) -> IndexRow:
     return IndexRow(*key, meta.task_type, tuple(meta.labels), meta.created_at,
                     meta.weights_sha256, size=stamp[1], mtime_ns=stamp[0],
-                    metrics=json.dumps(meta.metrics))
+                    metrics=json.dumps(meta.stored_epoch_metrics))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.status import ReadinessReport
 
@@ -49,3 +49,20 @@ class Readiness(BaseModel):
                    training=TrainingState(workers=s.workers_alive, running=s.jobs_in("running"),
                                           queued=s.jobs_in("queued")),
                    problems=list(report.problems))
+
+
+class WhoAmI(BaseModel):
+    keys_required: bool = Field(description="Whether the service was started with API keys.")
+    scope: Literal["predict", "admin"] | None = Field(
+        description="What the key sent may do (admin when no keys are required); null when "
+        "keys are required and none was sent.")
+
+
+class TaskTypeInfo(BaseModel):
+    name: str
+    training_defaults: dict[str, Any] = Field(
+        description="The training config of a job that sets no field (per-task values filled).")
+
+
+class TaskTypeList(BaseModel):
+    task_types: list[TaskTypeInfo]

@@ -52,6 +52,9 @@ class JobView(BaseModel):
     train_loss: float | None = Field(None, description="Latest training loss.")
     metrics: list[dict[str, Any]] = Field(
         default_factory=list, description="Validation metrics per epoch.")
+    loss_curve: list[list[float]] = Field(
+        default_factory=list, description="Training loss as [step, loss] pairs: one per step, "
+        "or (long jobs) the mean of the steps since the previous pair; at most 512.")
     result: dict[str, Any] | None = Field(None, description="Best epoch and its metrics.")
     adapter: AdapterRef | None = Field(None, description="The stored adapter, on success.")
     error: str | None = None
@@ -70,6 +73,7 @@ class JobView(BaseModel):
             job_id=job.id, name=job.name, task_type=job.task_type, status=job.status,
             progress=job.progress,
             train_loss=(job.progress or {}).get("train_loss"), metrics=job.history or [],
+            loss_curve=job.loss_curve or [],
             result=job.result,
             adapter=AdapterRef(name=job.name, version=job.adapter_version)
             if job.adapter_version else None,

@@ -27,6 +27,7 @@ FAILED: Final = "failed"
 CANCELLED: Final = "cancelled"
 ACTIVE = (QUEUED, RUNNING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+Curve = list[list[float]]  # [step, loss] pairs
 # SQLite errors (extended names start with these) that mean the disk refused a write.
 DISK_ERRORS = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
 
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec TEXT NOT NULL,              -- labels, config, description, row counts (JSON)
     progress TEXT,                   -- latest Progress (JSON)
     history TEXT NOT NULL DEFAULT '[]',  -- validation metrics per epoch (JSON list)
+    loss_curve TEXT NOT NULL DEFAULT '[]',  -- [step, train loss] pairs (JSON list, bounded)
     result TEXT,                     -- best epoch, metrics, stop reason (JSON)
     adapter_version INTEGER,
     error TEXT,
@@ -68,6 +70,7 @@ class Job:
     finished_at: float | None = None
     progress: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    loss_curve: list[list[float]] = field(default_factory=list)
     result: dict[str, Any] | None = None
     adapter_version: int | None = None
     error: str | None = None
@@ -77,7 +80,7 @@ class Job:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         d = dict(row)
-        for key in ("spec", "progress", "history", "result"):
+        for key in ("spec", "progress", "history", "loss_curve", "result"):
             d[key] = json.loads(d[key]) if d[key] is not None else None
         d["cancel_requested"] = bool(d["cancel_requested"])
         return cls(**d)
@@ -90,6 +93,7 @@ class JobDB:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            _add_missing_columns(db)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -171,7 +175,8 @@ class JobDB:
             if row is None:
                 return None
             db.execute("UPDATE jobs SET status = ?, started_at = ?, progress = NULL, "
-                       "history = '[]' WHERE id = ?", (RUNNING, time.time(), row["id"]))
+                       "history = '[]', loss_curve = '[]' WHERE id = ?",
+                       (RUNNING, time.time(), row["id"]))
         return self.get(row["id"])
 
     def request_cancel(self, job_id: str) -> Job:
@@ -189,7 +194,8 @@ class JobDB:
         """A graceful shutdown interrupted this job: it runs again from the start later."""
         with self._connect() as db:
             db.execute("UPDATE jobs SET status = ?, started_at = NULL, progress = NULL, "
-                       "history = '[]', worker_pid = NULL WHERE id = ? AND status = ?",
+                       "history = '[]', loss_curve = '[]', worker_pid = NULL "
+                       "WHERE id = ? AND status = ?",
                        (QUEUED, job_id, RUNNING))
 
     # ----------------------------------------------------------------------- worker process
@@ -205,14 +211,18 @@ class JobDB:
         with self._connect() as db:
             db.execute("UPDATE jobs SET worker_pid = ? WHERE id = ?", (pid, job_id))
 
-    def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+    def report_progress(self, job_id: str, progress: dict[str, Any],
+                        loss_curve: Curve) -> None:
         with self._connect() as db:
-            db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
+            db.execute("UPDATE jobs SET progress = ?, loss_curve = ? WHERE id = ?",
+                       (json.dumps(progress), json.dumps(loss_curve), job_id))
 
-    def report_epoch(self, job_id: str, record: dict[str, Any]) -> None:
+    def report_epoch(self, job_id: str, record: dict[str, Any],
+                     loss_curve: Curve) -> None:
         with self._connect() as db:
-            db.execute("UPDATE jobs SET history = json_insert(history, '$[#]', json(?)) "
-                       "WHERE id = ?", (json.dumps(record), job_id))
+            db.execute("UPDATE jobs SET history = json_insert(history, '$[#]', json(?)), "
+                       "loss_curve = ? WHERE id = ?",
+                       (json.dumps(record), json.dumps(loss_curve), job_id))
 
     def cancel_requested(self, job_id: str) -> bool:
         with self._connect() as db:
@@ -233,3 +243,11 @@ class JobDB:
             if cur.rowcount:
                 db.execute("DELETE FROM job_data WHERE job_id = ?", (job_id,))
         return bool(cur.rowcount)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """A database made by an older release lacks the columns added since: add them (SQLite
+    fills existing rows with the column's default)."""
+    have = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "loss_curve" not in have:
+        db.execute("ALTER TABLE jobs ADD COLUMN loss_curve TEXT NOT NULL DEFAULT '[]'")

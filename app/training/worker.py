@@ -23,6 +23,7 @@ from app.logs import configure_logging
 from app.model.encoder import FrozenEncoder
 from app.tasks.base import TrainingData
 from app.training.config import TrainConfig
+from app.training.curve import LossCurve
 from app.training.data import prepare
 from app.training.jobs import CANCELLED, FAILED, SUCCEEDED, JobDB
 from app.training.loop import Progress, TrainingCancelled, TrainResult, train_adapter
@@ -133,14 +134,17 @@ def run_job(job_id: str, settings: WorkerSettings, parent_pid: int) -> None:
     db = JobDB(settings.jobs_db_path)
     db.set_worker(job_id, os.getpid())
     progress, cancel = _Throttle(REPORT_EVERY_S), _Throttle(REPORT_EVERY_S)
+    curve = LossCurve()
 
     def on_progress(p: Progress) -> None:
+        curve.add(p.step, p.loss)
         if progress.ready() or p.step == p.total_steps:
             db.report_progress(job_id, {
                 "epoch": p.epoch, "epochs": p.epochs, "step": p.step,
                 "total_steps": p.total_steps, "fraction": round(p.fraction, 4),
                 "eta_seconds": None if p.eta_seconds is None else round(p.eta_seconds, 1),
-                "train_loss": round(p.loss, 5), "elapsed_seconds": round(p.elapsed, 1)})
+                "train_loss": round(p.loss, 5), "elapsed_seconds": round(p.elapsed, 1)},
+                curve.points())
 
     def should_stop() -> bool:
         if os.getppid() != parent_pid:
@@ -164,7 +168,7 @@ def run_job(job_id: str, settings: WorkerSettings, parent_pid: int) -> None:
         stored, _ = train_and_store(
             encoder, AdapterStore(settings.adapters_dir), job.name, data, config,
             job.spec.get("description", ""), before_save, job_id, on_progress=on_progress,
-            on_epoch=lambda r: db.report_epoch(job_id, r), should_stop=should_stop)
+            on_epoch=lambda r: db.report_epoch(job_id, r, curve.points()), should_stop=should_stop)
         db.finish(job_id, SUCCEEDED, adapter_version=stored.version, result=job_result(stored))
     except TrainingCancelled:
         db.finish(job_id, CANCELLED, error=CANCELLED_ERROR)

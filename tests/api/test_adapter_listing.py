@@ -17,7 +17,8 @@ NAMES = [f"task{i}" for i in range(7)]
 def listed(store: AdapterStore, make_adapter: AdapterFactory, client: TestClient) -> TestClient:
     for i, name in enumerate(NAMES):
         make_adapter(store, name, seed=i)
-    make_adapter(store, "task1", seed=9, metrics={"epoch": 2, "accuracy": 0.9})
+    make_adapter(store, "task1", seed=9,
+                 metrics={"validation": {"epoch": 2, "accuracy": 0.9}, "best_epoch": 2})
     assert client.post("/adapters/reload").json() == {"changed": True, "adapters": 7,
                                                       "versions": 8}
     return client
@@ -44,7 +45,7 @@ def test_default_page_holds_every_field(listed: TestClient) -> None:
     assert task1["task_type"] == "classification" and task1["labels"] == ["neg", "pos"]
     assert task1["created_at"]
     stored = listed.get("/adapters/task1").json()
-    assert task1["metrics"] == stored["metrics"] == {"epoch": 2, "accuracy": 0.9}
+    assert task1["metrics"] == stored["metrics"]["validation"] == {"epoch": 2, "accuracy": 0.9}
     assert task1["size_bytes"] == AdapterStore(listed.app.state.services.settings.adapters_dir
                                                ).weights_path("task1", 2).stat().st_size
     assert task1["tier"] == stored["tier"]

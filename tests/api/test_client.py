@@ -7,15 +7,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from app import cli
 from app.adapters.store import AdapterStore
@@ -24,20 +21,13 @@ from app.client.calls import Follower
 from app.client.progress import Bar, Lines, Silent, display
 from app.client.sync import http_options
 from app.config import Settings, get_settings
-from app.main import create_app
 from app.model.adapter import AdapterConfig
 from app.schemas.jobs import JobView
 from app.tasks import HeadConfig
 from tests.api.helpers import QUICK, SLOW
 from tests.conftest import AdapterFactory
+from tests.live import live_server
 from tests.unit.test_training_loop import sentiment_rows
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -53,22 +43,8 @@ def url(train_settings: Settings, make_adapter: AdapterFactory) -> Iterator[str]
                                  use_pooler=True, layers=1))
     make_adapter(store, "hub", seed=5, head=HeadConfig(task_type="classification",
                                                        labels=["neg", "pos"], pooling="cls"))
-    server = uvicorn.Server(uvicorn.Config(create_app(train_settings), host="127.0.0.1",
-                                           port=_free_port(), log_level="warning"))
-    started = threading.Event()
-    startup = server.startup
-
-    async def signalled_startup(sockets: list[socket.socket] | None = None) -> None:
-        await startup(sockets)
-        started.set()
-
-    server.startup = signalled_startup  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert started.wait(60) and server.started, "the server did not start"
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(60)
+    with live_server(train_settings) as url:
+        yield url
 
 
 @pytest.mark.slow

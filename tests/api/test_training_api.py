@@ -32,6 +32,8 @@ def test_lifecycle_train_then_serve_without_restart(api: TestClient) -> None:
     assert {"accuracy", "macro_f1"} <= set(done["metrics"][0])
     assert done["progress"]["step"] == done["progress"]["total_steps"] > 0
     assert done["progress"]["fraction"] == 1.0
+    steps = [step for step, _ in done["loss_curve"]]  # every step's loss, for the chart
+    assert steps == list(range(1, done["progress"]["total_steps"] + 1))
     assert done["started_at"] and done["finished_at"] and done["error"] is None
 
     r = api.post("/predict/senti", json={"inputs": ["the film was great", "awful"]})

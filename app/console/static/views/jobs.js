@@ -1,0 +1,117 @@
+// Jobs: the list with status and progress, and one job's page with live curves over SSE.
+
+import { api, session, streamEvents } from "../api.js";
+import { lineChart, lossData, metricsData } from "../charts.js";
+import { badge, duration, errorBox, h, link, loading, metricEntries, num, when } from "../ui.js";
+
+const ACTIVE = ["queued", "running"];
+const LIST_REFRESH_MS = 2000;
+
+const progressBar = (fraction) => h("span", { class: "progress", title: `${(fraction * 100).toFixed(0)}%` },
+  h("span", { style: `width:${(fraction * 100).toFixed(1)}%` }));
+
+export async function jobList(page, { query, signal }) {
+  const status = query.get("status") || "";
+  const filter = h("select", { "aria-label": "Status", onchange: (e) => {
+    history.replaceState(null, "", e.target.value ? `/ui/jobs?status=${e.target.value}` : "/ui/jobs");
+    draw();
+  } }, ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) =>
+    h("option", { value: s, selected: s === status }, s || "every status")));
+  const body = h("div", {}, loading());
+  page.append(h("div", { class: "page-head" }, h("h1", {}, "Training jobs"), filter), body);
+  let timer = null;
+  const draw = async () => {
+    clearTimeout(timer);
+    const { jobs } = await api("/jobs", { query: { status: filter.value, limit: 200 }, signal });
+    body.replaceChildren(jobs.length ? h("table", { class: "list" },
+      h("thead", {}, h("tr", {}, ["Adapter", "Task type", "Status", "Progress", "Created", "Took"]
+        .map((t) => h("th", {}, t)))),
+      h("tbody", {}, jobs.map((j) => h("tr", { dataset: { job: j.job_id } },
+        h("td", {}, link(`/ui/jobs/${j.job_id}`, j.name)),
+        h("td", {}, j.task_type),
+        h("td", {}, badge(j.status)),
+        h("td", {}, progressBar(j.status === "succeeded" ? 1 : j.progress?.fraction || 0),
+          j.status === "running" && j.progress ? h("small", {}, ` epoch ${j.progress.epoch}/${j.progress.epochs}`) : null),
+        h("td", {}, when(j.created_at)),
+        h("td", {}, j.finished_at && j.started_at ? duration((new Date(j.finished_at) - new Date(j.started_at)) / 1000) : ""))))
+    ) : h("p", { class: "muted" }, "No training jobs", filter.value ? ` with status ${filter.value}.` : " yet."));
+    if (jobs.some((j) => ACTIVE.includes(j.status)) && !signal.aborted) {
+      timer = setTimeout(() => draw().catch(() => {}), LIST_REFRESH_MS);
+    }
+  };
+  signal.addEventListener("abort", () => clearTimeout(timer));
+  await draw();
+}
+
+export async function jobDetail(page, { params: [id], signal }) {
+  const head = h("div", { class: "page-head" });
+  const status = h("div", { class: "status-line" });
+  const failure = h("div");
+  const lossEl = h("div", { class: "chart", id: "loss-chart" });
+  const metricsEl = h("div", { class: "chart", id: "metrics-chart" });
+  const result = h("div");
+  page.append(head, status, failure,
+    h("div", { class: "charts" }, lossEl, metricsEl), result);
+  const loss = lineChart(lossEl, { title: "Training loss", xLabel: "step",
+    series: () => [{ label: "loss" }] });
+  let names = null; // the metric names of the first epoch fix the chart's series
+  const metrics = lineChart(metricsEl, { title: "Validation metrics", xLabel: "epoch",
+    marker: "kept", series: () => names.map((n) => ({ label: n })) });
+  const onResize = () => { loss.resize(); metrics.resize(); };
+  window.addEventListener("resize", onResize);
+  signal.addEventListener("abort", () => window.removeEventListener("resize", onResize));
+
+  const show = (job) => {
+    drawHead(head, job, failure);
+    drawStatus(status, job);
+    failure.replaceChildren(job.status === "failed" && job.error
+      ? h("pre", { class: "error", role: "alert" }, job.error) : "");
+    loss.set(lossData(job.loss_curve));
+    if (job.metrics.length) {
+      names ??= metricEntries(job.metrics[0]).map(([k]) => k);
+      metrics.set(metricsData(job.metrics, names), job.result?.best_epoch ?? null);
+    } else {
+      metricsEl.dataset.points = "0";
+    }
+    result.replaceChildren(job.result ? drawResult(job) : "");
+    page.dataset.status = job.status;
+  };
+  show(await api(`/jobs/${id}`, { signal }));
+  // The stream sends the job whenever it changes, then `end`; a finished job sends itself once.
+  streamEvents(`/jobs/${id}/events`, (name, data) => { if (name === "progress") show(data); }, signal)
+    .catch((err) => { if (err.name !== "AbortError") failure.replaceChildren(errorBox(err)); });
+}
+
+function drawHead(head, job, failure) {
+  const cancel = async () => {
+    if (!confirm(`Cancel the training of “${job.name}”? Nothing will be stored.`)) return;
+    try { await api(`/jobs/${job.job_id}`, { method: "DELETE" }); } catch (err) { failure.replaceChildren(errorBox(err)); }
+  };
+  head.replaceChildren(
+    h("h1", {}, "Training ", job.name, " ", badge(job.status)),
+    h("div", { class: "actions" },
+      job.adapter ? link(`/ui/try/${job.adapter.name}?version=${job.adapter.version}`, "Try it") : null,
+      job.adapter ? link(`/ui/adapters/${job.adapter.name}?version=${job.adapter.version}`, `Adapter v${job.adapter.version}`) : null,
+      session.canWrite && ACTIVE.includes(job.status) && !job.cancel_requested
+        ? h("button", { class: "danger", onclick: cancel }, "Cancel") : null));
+}
+
+function drawStatus(el, job) {
+  const p = job.progress;
+  const fraction = job.status === "succeeded" ? 1 : p?.fraction || 0;
+  el.replaceChildren(...[
+    progressBar(fraction),
+    h("span", {}, `${(fraction * 100).toFixed(0)}%`),
+    p ? h("span", {}, `epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.total_steps} · loss ${num(p.train_loss)}`) : null,
+    job.status === "running" && p?.eta_seconds != null ? h("span", { class: "eta" }, `ETA ${duration(p.eta_seconds)}`) : null,
+    job.cancel_requested && ACTIVE.includes(job.status) ? h("span", {}, "cancelling…") : null,
+    h("span", { class: "muted" }, `${job.task_type} · ${job.train_rows} training rows, ${job.validation_rows || "a share"} for validation · created ${when(job.created_at)} · job ${job.job_id}`),
+  ].filter(Boolean));
+}
+
+function drawResult(job) {
+  const r = job.result;
+  const kept = metricEntries(r.metrics || {}).map(([k, v]) => `${k} ${num(v)}`).join(" · ");
+  return h("p", { class: "result" }, `Kept epoch ${r.best_epoch}`, kept ? ` (${kept})` : "",
+    r.stop_reason ? `; stopped: ${r.stop_reason}` : "", ".");
+}
