@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.api import errors
@@ -17,7 +16,6 @@ from app.api.auth import KeyRing, PredictScope
 from app.api.middleware import BodyLimitMiddleware, ObserveMiddleware
 from app.api.routes import adapters, console, health, jobs, meta, predict, training
 from app.config import Settings, get_settings
-from app.console import STATIC_DIR
 from app.logs import configure_logging
 from app.services import Services
 
@@ -63,7 +61,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, training.router, adapters.router, jobs.router):
         app.include_router(router, dependencies=[PredictScope], responses=errors.responses(401, 403))
     if cfg.console:
-        app.mount(console.STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="console-static")
         app.include_router(console.router)
     return app
 

@@ -19,6 +19,7 @@ from app.logs import REQUEST_ID, new_request_id
 
 log = logging.getLogger("app.access")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: logged at DEBUG only
+QUIET_PREFIX = "/ui/static/"  # the console's files, a dozen per visit: DEBUG too
 
 
 class ObserveMiddleware:
@@ -57,7 +58,8 @@ def _record(scope: Scope, status: int, elapsed: float, rid: str) -> None:
     template = getattr(scope.get("route"), "path", "unmatched")  # bounded label values
     metrics.HTTP_REQUESTS.labels(method, template, status).inc()
     metrics.HTTP_SECONDS.labels(method, template).observe(elapsed)
-    level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+    quiet = path in QUIET_PATHS or path.startswith(QUIET_PREFIX)
+    level = logging.DEBUG if quiet else logging.INFO
     if log.isEnabledFor(level):
         client = scope.get("client")
         log.log(level, "%s %s %d %.1f ms", method, path, status, elapsed * 1000, extra={

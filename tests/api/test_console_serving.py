@@ -8,8 +8,9 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from app import __version__
 from app.config import Settings
-from app.console import STATIC_DIR
+from app.console import STATIC_DIR, shared_modules
 from app.main import create_app
 from app.tasks import TASK_TYPES
 
@@ -28,9 +29,11 @@ def test_every_console_url_serves_the_page_with_a_strict_policy(client: TestClie
 def test_the_page_loads_only_files_the_server_has(client: TestClient) -> None:
     page = client.get("/").text
     assets = re.findall(r'(?:src|href)="(/ui/static/[^"?]+)', page)
-    assert len(assets) == 4  # uPlot's script and style, ours, and the app module
+    assert len(assets) == 3 + len(shared_modules())  # two styles, app.js and the preloads
     for asset in assets:
-        assert client.get(asset).status_code == 200, asset
+        answer = client.get(asset)
+        assert answer.status_code == 200, asset
+        assert "immutable" in answer.headers["cache-control"]  # the path names the version
     assert not re.search(r'(?:src|href)="(?:https?:)?//', page)  # nothing from another host
     for module in STATIC_DIR.rglob("*.js"):
         text = module.read_text()
@@ -48,8 +51,13 @@ def test_javascript_and_css_fit_the_budget() -> None:
 def test_console_can_be_turned_off(settings: Settings) -> None:
     with TestClient(create_app(settings.model_copy(update={"console": False}))) as c:
         assert c.get("/").status_code == 404
-        assert c.get("/ui/static/app.js").status_code == 404
+        assert c.get(f"/ui/static/{__version__}/app.js").status_code == 404
         assert c.get("/healthz").status_code == 200
+
+
+def test_a_missing_console_file_is_a_404(client: TestClient) -> None:
+    missing = client.get(f"/ui/static/{__version__}/nope.js")
+    assert missing.status_code == 404 and "nope.js" in missing.json()["error"]["message"]
 
 
 def test_whoami_without_keys_is_admin(client: TestClient) -> None:

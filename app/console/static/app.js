@@ -2,19 +2,17 @@
 
 import { api, session } from "./api.js";
 import { errorBox, h } from "./ui.js";
-import { adapterDetail, adapterList } from "./views/adapters.js";
-import { jobDetail, jobList } from "./views/jobs.js";
-import { trainPage } from "./views/train.js";
-import { tryPage } from "./views/try.js";
 
+// [URL pattern, nav entry, view module, its function]: a view's module is fetched when its page
+// is first opened, so a visit loads only what it shows.
 const ROUTES = [
-  [/^\/(?:ui\/?)?$/, "adapters", adapterList],
-  [/^\/ui\/adapters\/?$/, "adapters", adapterList],
-  [/^\/ui\/adapters\/([^/]+)$/, "adapters", adapterDetail],
-  [/^\/ui\/try\/([^/]+)$/, "adapters", tryPage],
-  [/^\/ui\/train\/?$/, "train", trainPage],
-  [/^\/ui\/jobs\/?$/, "jobs", jobList],
-  [/^\/ui\/jobs\/([^/]+)$/, "jobs", jobDetail],
+  [/^\/(?:ui\/?)?$/, "adapters", "adapters", "adapterList"],
+  [/^\/ui\/adapters\/?$/, "adapters", "adapters", "adapterList"],
+  [/^\/ui\/adapters\/([^/]+)$/, "adapters", "adapters", "adapterDetail"],
+  [/^\/ui\/try\/([^/]+)$/, "adapters", "try", "tryPage"],
+  [/^\/ui\/train\/?$/, "train", "train", "trainPage"],
+  [/^\/ui\/jobs\/?$/, "jobs", "jobs", "jobList"],
+  [/^\/ui\/jobs\/([^/]+)$/, "jobs", "jobs", "jobDetail"],
 ];
 
 const view = document.getElementById("view");
@@ -40,7 +38,8 @@ async function render() {
     const page = h("section", { class: "page" });
     view.replaceChildren(page);
     try {
-      await found[2](page, { params, query: new URLSearchParams(location.search), signal });
+      const module = await import(`./views/${found[2]}.js`);
+      await module[found[3]](page, { params, query: new URLSearchParams(location.search), signal });
     } catch (err) {
       if (err.name === "AbortError") return;
       page.append(errorBox(err));
@@ -97,5 +96,8 @@ document.addEventListener("click", (event) => {
 });
 window.addEventListener("popstate", render);
 
+// The first view's module downloads while the key is checked.
+const first = ROUTES.find(([re]) => re.test(location.pathname));
+if (first) import(`./views/${first[2]}.js`).catch(() => {});
 await identify();
 await render();

@@ -1,5 +1,18 @@
 // Training curves with the vendored uPlot: loss per step, validation metrics per epoch.
 
+// uPlot is fetched when the first chart is drawn: the other pages load without it.
+let uPlotLoaded = null;
+function loadUPlot() {
+  uPlotLoaded ??= new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = new URL("./vendor/uplot/uPlot.iife.min.js", import.meta.url).href;
+    script.onload = resolve;
+    script.onerror = () => reject(new Error("the chart library did not load"));
+    document.head.append(script);
+  });
+  return uPlotLoaded;
+}
+
 const STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]; // whole steps and epochs
 const COLORS = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2"];
 
@@ -28,16 +41,13 @@ export function lineChart(el, { title, xLabel, series, marker }) {
     ctx.fillText(marker, x + 4 * devicePixelRatio, u.bbox.top + 14 * devicePixelRatio);
     ctx.restore();
   };
-  return {
-    set(data, mark = null) {
-      markAt = mark;
-      el.dataset.points = String(data[0].length);
-      if (mark !== null) el.dataset.marked = String(mark);
-      if (!data[0].length) return;
-      if (plot && plot.series.length === data.length) {
-        plot.setData(data);
-        return;
-      }
+  let latest = null;
+  const draw = () => {
+    const [data, mark] = latest;
+    markAt = mark;
+    if (plot && plot.series.length === data.length) {
+      plot.setData(data);
+    } else {
       plot?.destroy();
       plot = new window.uPlot({
         title, ...size(el),
@@ -47,6 +57,19 @@ export function lineChart(el, { title, xLabel, series, marker }) {
           stroke: COLORS[i % COLORS.length], width: 2, points: { show: data[0].length < 40 }, ...s }))],
         hooks: { draw: [drawMarker] },
       }, data, el);
+    }
+    el.dataset.points = String(data[0].length); // drawn
+    if (mark !== null) el.dataset.marked = String(mark);
+  };
+  return {
+    async set(data, mark = null) {
+      latest = [data, mark];
+      if (!data[0].length) {
+        el.dataset.points = "0";
+        return;
+      }
+      if (!window.uPlot) await loadUPlot();
+      draw();
     },
     resize() { if (plot) plot.setSize(size(el)); },
   };
