@@ -14,7 +14,7 @@ from app.client.calls import Call, Format, Inputs
 from app.client.progress import display
 from app.client.sync import DEFAULT_TIMEOUT_S, http_options
 from app.schemas.adapters import AdapterDetail, AdapterList, AdapterSummary, DeleteResult
-from app.schemas.common import Health, Readiness
+from app.schemas.common import Health, Readiness, TaskTypeList, WhoAmI
 from app.schemas.jobs import JobView
 from app.schemas.predict import PredictResponse
 from app.training.config import TrainConfig
@@ -107,9 +107,9 @@ class AsyncClient:
             show.close()
         return self._job(follower.result())
 
-    async def adapters(self, limit: int = 100, cursor: str | None = None, prefix: str = ""
-                       ) -> AdapterList:
-        return await self._do(calls.adapters(limit, cursor, prefix))
+    async def adapters(self, limit: int = 100, cursor: str | None = None, prefix: str = "",
+                       contains: str = "") -> AdapterList:
+        return await self._do(calls.adapters(limit, cursor, prefix, contains))
 
     async def iter_adapters(self, prefix: str = "", page_size: int = 100
                             ) -> AsyncIterator[AdapterSummary]:
@@ -137,6 +137,14 @@ class AsyncClient:
 
     async def health(self) -> Health:
         return await self._do(calls.health())
+
+    async def whoami(self) -> WhoAmI:
+        """Whether the server wants keys, and the scope of this client's key."""
+        return await self._do(calls.whoami())
+
+    async def task_types(self) -> TaskTypeList:
+        """The task types, each with the training config a job gets by default."""
+        return await self._do(calls.task_types())
 
     async def ready(self) -> Readiness:
         return await self._do(calls.ready())

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from app.client.errors import JobFailed, error_from
 from app.client.progress import ProgressDisplay
 from app.schemas.adapters import AdapterDetail, AdapterList, DeleteResult
-from app.schemas.common import Health, Readiness
+from app.schemas.common import Health, Readiness, TaskTypeList, WhoAmI
 from app.schemas.jobs import JobList, JobView
 from app.schemas.predict import PredictResponse
 from app.training.config import TrainConfig
@@ -125,9 +125,11 @@ def cancel(job_id: str) -> Call[JobView]:
     return Call("DELETE", f"/jobs/{job_id}", _model(JobView))
 
 
-def adapters(limit: int, cursor: str | None, prefix: str) -> Call[AdapterList]:
+def adapters(limit: int, cursor: str | None, prefix: str, contains: str = ""
+             ) -> Call[AdapterList]:
     return Call("GET", "/adapters", _model(AdapterList),
-                params={"limit": limit, "cursor": cursor, "prefix": prefix or None})
+                params={"limit": limit, "cursor": cursor, "prefix": prefix or None,
+                        "contains": contains or None})
 
 
 def adapter(name: str, version: int | None) -> Call[AdapterDetail]:
@@ -181,6 +183,14 @@ def health() -> Call[Health]:
 
 def ready() -> Call[Readiness]:
     return Call("GET", "/readyz", _model(Readiness), accept=(503,))
+
+
+def whoami() -> Call[WhoAmI]:
+    return Call("GET", "/whoami", _model(WhoAmI))
+
+
+def task_types() -> Call[TaskTypeList]:
+    return Call("GET", "/task-types", _model(TaskTypeList))
 
 
 def events(job_id: str) -> Call[None]:

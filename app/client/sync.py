@@ -13,7 +13,7 @@ import app.client.calls as calls
 from app.client.calls import Call, Format, Inputs
 from app.client.progress import display
 from app.schemas.adapters import AdapterDetail, AdapterList, AdapterSummary, DeleteResult
-from app.schemas.common import Health, Readiness
+from app.schemas.common import Health, Readiness, TaskTypeList, WhoAmI
 from app.schemas.jobs import JobView
 from app.schemas.predict import PredictResponse
 from app.training.config import TrainConfig
@@ -115,10 +115,10 @@ class Client:
             show.close()
         return self._job(follower.result())
 
-    def adapters(self, limit: int = 100, cursor: str | None = None, prefix: str = ""
-                 ) -> AdapterList:
+    def adapters(self, limit: int = 100, cursor: str | None = None, prefix: str = "",
+                 contains: str = "") -> AdapterList:
         """One page; pass its `next_cursor` for the next (or use iter_adapters)."""
-        return self._do(calls.adapters(limit, cursor, prefix))
+        return self._do(calls.adapters(limit, cursor, prefix, contains))
 
     def iter_adapters(self, prefix: str = "", page_size: int = 100) -> Iterator[AdapterSummary]:
         """Every adapter, in name order, a page at a time."""
@@ -147,6 +147,14 @@ class Client:
 
     def health(self) -> Health:
         return self._do(calls.health())
+
+    def whoami(self) -> WhoAmI:
+        """Whether the server wants keys, and the scope of this client's key."""
+        return self._do(calls.whoami())
+
+    def task_types(self) -> TaskTypeList:
+        """The task types, each with the training config a job gets by default."""
+        return self._do(calls.task_types())
 
     def ready(self) -> Readiness:
         """Readiness, ready or not (a 503 answer is a Readiness with its problems)."""

@@ -62,6 +62,9 @@ def test_read_methods(url: str) -> None:
         assert [a.name for a in c.iter_adapters(page_size=1)] == ["hub", "lora", "sentiment",
                                                                     "similarity"]
         assert [a.name for a in c.iter_adapters(prefix="s")] == ["sentiment", "similarity"]
+        assert [a.name for a in c.adapters(contains="mil").adapters] == ["similarity"]
+        assert c.whoami().scope == "admin" and not c.whoami().keys_required
+        assert "question_answering" in {t.name for t in c.task_types().task_types}
         detail = c.adapter("sentiment", version=1)
         assert (detail.version, detail.versions, detail.labels) == (1, [1, 2], ["neg", "pos"])
 
@@ -160,6 +163,9 @@ def test_async_client_predicts_and_waits(url: str) -> None:
             assert done.status == "succeeded" and done.adapter and done.adapter.version == 1
             assert [j.job_id for j in await c.jobs()] == [job.job_id]
             assert [a.name async for a in c.iter_adapters(prefix="a")] == ["async"]
+            assert [a.name for a in (await c.adapters(contains="syn")).adapters] == ["async"]
+            assert (await c.whoami()).scope == "admin"
+            assert len((await c.task_types()).task_types) >= 5
             with pytest.raises(NotFound) as missing:
                 await c.adapter("nobody")
             assert missing.value.request_id
