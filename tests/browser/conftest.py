@@ -73,8 +73,8 @@ class Console:
         self.page.wait_for_selector(selector)
         return self.page
 
-    def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(self.folder / f"{name}.png"), full_page=True)
+    def shot(self, name: str, full_page: bool = True) -> None:
+        self.page.screenshot(path=str(self.folder / f"{name}.png"), full_page=full_page)
 
     def foreign_requests(self) -> list[str]:
         own = urlsplit(self.url).netloc

@@ -242,7 +242,7 @@ def test_a_thousand_adapters_search_and_pages(
     page.wait_for_selector("tr[data-name=task-0999]")
     assert names.count() == 50 and names.first.get_attribute("data-name") == "task-0950"
     assert page.locator("text=Next →").count() == 0
-    console.shot("adapters-search")
+    console.shot("adapters-search", full_page=False)
 
 
 def test_first_load_is_timed(console_for: ConsoleFor, settings: Settings,
