@@ -5,6 +5,8 @@ a thousand adapters a page at a time. No request leaves the server (checked afte
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from app.adapters.store import AdapterStore
 from app.config import Settings
 from app.model.encoder import FrozenEncoder
 from app.tasks import HeadConfig
+from app.training.jobs import JobDB
 from tests.browser.conftest import Console
 from tests.conftest import AdapterFactory, random_adapter
 from tests.unit.test_training_loop import sentiment_rows
@@ -43,9 +46,15 @@ def _fill_train_form(page: Any, name: str, rows_file: Path, epochs: str = "3") -
         page.fill(f"input[name={field}]", value)
 
 
-def _rows_file(tmp_path: Path, n: int = 64) -> Path:
-    path = tmp_path / "reviews.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in sentiment_rows(n)))
+def _rows_file(tmp_path: Path, n: int = 64, csv: bool = False) -> Path:
+    """The rows as JSONL, or as the spreadsheet export a newcomer has (CSV: text,label)."""
+    rows = sentiment_rows(n)
+    if csv:
+        path = tmp_path / "reviews.csv"
+        path.write_text("text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in rows))
+    else:
+        path = tmp_path / "reviews.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
 
 
@@ -63,7 +72,7 @@ def test_newcomer_trains_watches_tries_and_deletes(
 
     page.click("nav >> text=Train")
     console.ready("/ui/train")
-    _fill_train_form(page, "reviews", _rows_file(tmp_path))
+    _fill_train_form(page, "reviews", _rows_file(tmp_path, csv=True))
     assert page.get_attribute("input[name=batch_size]", "placeholder") == "default 32"
     console.shot("train")
     page.click("main button[type=submit]")
@@ -200,19 +209,35 @@ def test_keys_predict_key_reads_admin_key_trains(
     page.wait_for_selector("form.train")
 
 
-def test_cancel_from_the_job_page(console_for: ConsoleFor, settings: Settings,
-                                  tmp_path: Path) -> None:
-    console = console_for(settings)
+def _start_long_job(console: Console, tmp_path: Path, name: str) -> Any:
     page = console.open("/ui/train")
     page.set_default_timeout(120_000)
-    _fill_train_form(page, "long", _rows_file(tmp_path, 400), epochs="100")
+    _fill_train_form(page, name, _rows_file(tmp_path, 400), epochs="100")
     page.fill("input[name=max_train_seconds]", "600")
     page.click("main button[type=submit]")
     page.wait_for_selector("section.page[data-status=running]")
+    page.wait_for_selector(".status-line >> text=/step [1-9]/")  # the worker reports
+    return page
+
+
+def test_cancel_and_failure_on_the_job_page(console_for: ConsoleFor, settings: Settings,
+                                            tmp_path: Path) -> None:
+    console = console_for(settings)
+    page = _start_long_job(console, tmp_path, "long")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("main button.danger")
     page.wait_for_selector("section.page[data-status=cancelled]")
     assert httpx.get(f"{console.url}/adapters/long").status_code == 404
+
+    page = _start_long_job(console, tmp_path, "doomed")
+    job_id = page.url.rsplit("/", 1)[1]
+    pid = JobDB(settings.jobs_db_path).get(job_id).worker_pid
+    assert pid and pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    page.wait_for_selector("section.page[data-status=failed]")
+    error = page.inner_text("pre.error")
+    assert "killed by SIGKILL" in error and "nothing was stored" in error  # the error in full
+    console.shot("job-failed")
 
 
 def test_a_thousand_adapters_search_and_pages(

@@ -21,7 +21,7 @@ function size(el) {
 }
 
 // A chart in `el` whose data can be replaced; `el.dataset.points` counts the points drawn.
-export function lineChart(el, { title, xLabel, series, marker }) {
+export function lineChart(el, { title, xLabel, series, marker, empty }) {
   let plot = null;
   let markAt = null; // x of the vertical marker (the kept epoch)
   const drawMarker = (u) => {
@@ -49,6 +49,7 @@ export function lineChart(el, { title, xLabel, series, marker }) {
       plot.setData(data);
     } else {
       plot?.destroy();
+      el.replaceChildren(); // the placeholder
       plot = new window.uPlot({
         title, ...size(el),
         scales: { x: { time: false } },
@@ -66,6 +67,8 @@ export function lineChart(el, { title, xLabel, series, marker }) {
       latest = [data, mark];
       if (!data[0].length) {
         el.dataset.points = "0";
+        if (!plot) el.replaceChildren(Object.assign(document.createElement("p"), {
+          className: "muted chart-empty", textContent: `${title}: ${empty}` }));
         return;
       }
       if (!window.uPlot) await loadUPlot();

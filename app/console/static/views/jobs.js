@@ -53,10 +53,11 @@ export async function jobDetail(page, { params: [id], signal }) {
   page.append(head, status, failure,
     h("div", { class: "charts" }, lossEl, metricsEl), result);
   const loss = lineChart(lossEl, { title: "Training loss", xLabel: "step",
-    series: () => [{ label: "loss" }] });
+    series: () => [{ label: "loss" }], empty: "drawn from the first steps on." });
   let names = null; // the metric names of the first epoch fix the chart's series
   const metrics = lineChart(metricsEl, { title: "Validation metrics", xLabel: "epoch",
-    marker: "kept", series: () => names.map((n) => ({ label: n })) });
+    marker: "kept", series: () => names.map((n) => ({ label: n })),
+    empty: "drawn after each epoch." });
   const onResize = () => { loss.resize(); metrics.resize(); };
   window.addEventListener("resize", onResize);
   signal.addEventListener("abort", () => window.removeEventListener("resize", onResize));
@@ -67,12 +68,8 @@ export async function jobDetail(page, { params: [id], signal }) {
     failure.replaceChildren(job.status === "failed" && job.error
       ? h("pre", { class: "error", role: "alert" }, job.error) : "");
     loss.set(lossData(job.loss_curve));
-    if (job.metrics.length) {
-      names ??= metricEntries(job.metrics[0]).map(([k]) => k);
-      metrics.set(metricsData(job.metrics, names), job.result?.best_epoch ?? null);
-    } else {
-      metricsEl.dataset.points = "0";
-    }
+    names ??= job.metrics.length ? metricEntries(job.metrics[0]).map(([k]) => k) : null;
+    metrics.set(names ? metricsData(job.metrics, names) : [[]], job.result?.best_epoch ?? null);
     result.replaceChildren(job.result ? drawResult(job) : "");
     page.dataset.status = job.status;
   };
