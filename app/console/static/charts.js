@@ -37,8 +37,10 @@ export function lineChart(el, { title, xLabel, series, marker, empty }) {
     ctx.lineTo(x, u.bbox.top + u.bbox.height);
     ctx.stroke();
     ctx.fillStyle = "#16a34a";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "top";
     ctx.font = `${12 * devicePixelRatio}px sans-serif`;
-    ctx.fillText(marker, x + 4 * devicePixelRatio, u.bbox.top + 14 * devicePixelRatio);
+    ctx.fillText(marker, x + 4 * devicePixelRatio, u.bbox.top + 2 * devicePixelRatio);
     ctx.restore();
   };
   let latest = null;
