@@ -53,4 +53,7 @@ async def console_file(path: str) -> Response:
 @router.get("/ui/{path:path}", response_class=HTMLResponse)
 def console_page(path: str = "") -> HTMLResponse:
     """The console's one page; it draws the view its URL names (adapters, train, jobs, ...)."""
+    if path.startswith("static/"):  # a file of another release: a 404, not the page as script
+        raise NotFoundError(f"the console has no file {path.removeprefix('static/')!r} (this "
+                            f"release serves {STATIC_PATH}/)")
     return HTMLResponse(_page(), headers=PAGE_HEADERS)
