@@ -58,23 +58,29 @@ def _rows_file(tmp_path: Path, n: int = 64, csv: bool = False) -> Path:
     return path
 
 
+@pytest.mark.parametrize("keys", [False, True], ids=["open", "admin-key"])
 def test_newcomer_trains_watches_tries_and_deletes(
         console_for: ConsoleFor, settings: Settings, make_adapter: AdapterFactory,
-        tmp_path: Path) -> None:
+        tmp_path: Path, keys: bool) -> None:
     make_adapter(AdapterStore(settings.adapters_dir), "spam-filter", seed=1,
                  metrics={"validation": {"epoch": 2, "accuracy": 0.93, "macro_f1": 0.92}})
-    console = console_for(settings)
+    console = console_for(settings.model_copy(update={"api_keys": "ak:admin" if keys else ""}))
     page = console.open("/")
     page.set_default_timeout(120_000)
+    if keys:  # the same, once the key is given
+        page.fill("#key-input", "ak")
+        page.click("#key-form button[type=submit]")
+        page.wait_for_selector("body[data-scope=admin]")
     assert page.locator("table.list tr[data-name=spam-filter]").count() == 1
     assert "accuracy 0.93" in page.inner_text("tr[data-name=spam-filter]")
-    console.shot("adapters")
+    shot = console.shot if not keys else (lambda name: None)  # the docs show the open run
+    shot("adapters")
 
     page.click("nav >> text=Train")
     console.ready("/ui/train")
     _fill_train_form(page, "reviews", _rows_file(tmp_path, csv=True))
     assert page.get_attribute("input[name=batch_size]", "placeholder") == "default 32"
-    console.shot("train")
+    shot("train")
     page.click("main button[type=submit]")
     page.wait_for_selector("section.page[data-status=succeeded]")  # followed over SSE
     assert int(page.get_attribute("#loss-chart", "data-points") or 0) > 0
@@ -83,7 +89,7 @@ def test_newcomer_trains_watches_tries_and_deletes(
     kept = page.get_attribute("#metrics-chart", "data-marked")
     assert epochs >= 1 and kept is not None and 1 <= int(kept) <= epochs
     assert f"Kept epoch {kept}" in page.inner_text("p.result")
-    console.shot("job")
+    shot("job")
 
     page.click("main a >> text=Try it")
     console.ready("/ui/try/reviews")
@@ -93,22 +99,23 @@ def test_newcomer_trains_watches_tries_and_deletes(
     assert answer in ("neg", "pos")
     assert page.locator(".bars .bar").count() == 2
     assert "Answered by reviews v1" in page.inner_text(".output .meta")
-    console.shot("try-classification")
+    shot("try-classification")
 
     page.click("nav >> text=Jobs")
     console.ready("/ui/jobs")
     assert page.locator("tr[data-job] .badge.succeeded").count() == 1
-    console.shot("jobs")
+    shot("jobs")
 
     page.goto(console.url + "/ui/adapters/reviews")
     console.ready("/ui/adapters/reviews")
     assert "classification" in page.inner_text("dl.facts")
-    console.shot("adapter")
+    shot("adapter")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("main button.danger")
     console.ready("/ui/adapters")
     assert page.locator("tr[data-name=reviews]").count() == 0
-    assert httpx.get(f"{console.url}/adapters/reviews").status_code == 404
+    headers = {"Authorization": "Bearer ak"} if keys else {}
+    assert httpx.get(f"{console.url}/adapters/reviews", headers=headers).status_code == 404
 
 
 def _store_crafted(encoder: FrozenEncoder, store: AdapterStore, name: str, head: HeadConfig,
