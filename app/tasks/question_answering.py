@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from app.errors import InvalidInputError
-from app.model.tokenization import Feature, TextEncoder
+from app.model.tokenization import CONTEXT, Feature, TextEncoder
 from app.tasks.base import (
     DecodeOptions,
     Examples,
@@ -75,7 +75,7 @@ class QuestionAnsweringHead(Head):
         """The best span of this window; merge_windows picks the best over an input's windows."""
         n = len(feature)
         logp = output[:n].log_softmax(0)  # (T, 2)
-        context = torch.tensor([w is not None for w in feature.word_ids])
+        context = torch.tensor([s == CONTEXT for s in feature.sequence_ids])
         scores = logp[:, 0, None] + logp[None, :, 1]  # (start, end)
         i = torch.arange(n)
         valid = (context[:, None] & context[None, :] & (i[None, :] >= i[:, None])
@@ -138,8 +138,8 @@ def _answer_tokens(feature: Feature, target: dict[str, Any]) -> tuple[int, int]:
     hold all of it."""
     start, end = target["start"], target["start"] + len(target["text"])
     first = last = None
-    for i, w in enumerate(feature.word_ids):
-        if w is None:
+    for i, s in enumerate(feature.sequence_ids):
+        if s != CONTEXT:
             continue
         a, b = feature.offsets[i]
         if first is None and a <= start < b:
