@@ -1,0 +1,103 @@
+"""One explain pass: the integration steps of several inputs (any adapters) as the rows of one
+forward and backward through the frozen base, each row routed to its adapter."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from app.model.adapter import AdapterRouting
+from app.model.attribution import baseline_ids, path_attributions
+from app.model.encoder import FrozenEncoder
+from app.model.tokenization import EncodedBatch, Feature
+from app.tasks import Head
+from app.tasks.base import Target
+
+
+@dataclass(frozen=True)
+class PathChunk:
+    """Some of the integration steps of one input's explanation (a heavy row of the batcher)."""
+
+    targets: tuple[Target, ...]  # the outputs attributed, each on its own
+    alphas: tuple[float, ...]  # where on the path from the baseline (0) to the input (1)
+    weights: tuple[float, ...]  # quadrature weights
+    endpoints: bool  # also the outputs at the input and at the baseline (one chunk per input)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """A chunk's part of its input's attributions; the chunks of an input add up."""
+
+    tokens: Tensor  # (K, T): per target, per token
+    output: Tensor | None  # (K,) at the input, when the chunk has the endpoints
+    baseline: Tensor | None  # (K,) at the baseline
+
+
+@dataclass(frozen=True)
+class PathRow:
+    feature: Feature
+    chunk: PathChunk
+    head: Head
+    slot: int  # its adapter's slot in the bank
+
+
+def explain_pass(encoder: FrozenEncoder, rows: list[PathRow],
+                 route: Callable[[list[int]], AdapterRouting]) -> list[ChunkResult]:
+    """Each row's chunk: its points (N = the rows' steps together) in one forward and one
+    backward per target index, its endpoints in a forward without gradients."""
+    batch, start, end = _embedded(encoder, [r.feature for r in rows])  # (B, T), (B, T, H) x 2
+    count = max(len(r.chunk.targets) for r in rows)
+
+    def run(owner: list[int], embeds: Tensor) -> Tensor:  # (n, T, H) -> (n, K)
+        index = torch.tensor(owner, device=embeds.device)
+        sub = EncodedBatch(batch.input_ids[index], batch.attention_mask[index],
+                           None if batch.token_type_ids is None else batch.token_type_ids[index])
+        hidden = encoder.forward(sub, route([rows[o].slot for o in owner]), embeds)  # (n, T, H)
+        outputs, at = [], 0
+        for o, members in itertools.groupby(owner):  # an input's points are consecutive
+            n = len(list(members))
+            row = rows[o]
+            out = row.head.predict(hidden[at:at + n], sub.attention_mask[at:at + n])
+            cols = [row.head.attributed(out, t).float() for t in row.chunk.targets]
+            cols += [out.new_zeros(n, dtype=torch.float32)] * (count - len(cols))
+            outputs.append(torch.stack(cols, 1))  # (n, K)
+            at += n
+        return torch.cat(outputs)
+
+    owner = [b for b, r in enumerate(rows) for _ in r.chunk.alphas]
+    index = torch.tensor(owner, device=start.device)
+    alphas = torch.tensor([a for r in rows for a in r.chunk.alphas], device=start.device)
+    weights = torch.tensor([w for r in rows for w in r.chunk.weights], device=start.device)
+    terms = path_attributions(lambda e: run(owner, e), start[index], end[index], alphas,
+                              weights)  # (N, K, T)
+    tokens = terms.new_zeros((len(rows), *terms.shape[1:])).index_add_(0, index, terms)
+    ends = [b for b, r in enumerate(rows) if r.chunk.endpoints]
+    with torch.no_grad():  # per row with endpoints: its baseline, then its input
+        pair = torch.stack((start[ends], end[ends]), 1).flatten(0, 1)  # (2E, T, H)
+        at_ends = run([b for b in ends for _ in (0, 1)], pair).view(-1, 2, count) if ends else None
+    # One device-to-host copy for the pass.
+    host = tokens.cpu()
+    host_ends = None if at_ends is None else at_ends.cpu()
+    results = []
+    for b, r in enumerate(rows):
+        k, n = len(r.chunk.targets), len(r.feature)
+        e = ends.index(b) if r.chunk.endpoints else None
+        results.append(ChunkResult(
+            host[b, :k, :n], None if e is None or host_ends is None else host_ends[e, 1, :k],
+            None if e is None or host_ends is None else host_ends[e, 0, :k]))
+    return results
+
+
+def _embedded(encoder: FrozenEncoder, features: list[Feature]
+              ) -> tuple[EncodedBatch, Tensor, Tensor]:
+    """The batch on the device, and the word embeddings of its baseline and of its input."""
+    pad = encoder.tokenizer.pad_id
+    batch = encoder.tokenizer.collate(features).to(encoder.device)
+    base = encoder.tokenizer.collate(
+        [replace(f, input_ids=baseline_ids(f, pad)) for f in features]).to(encoder.device)
+    with torch.no_grad():
+        return batch, encoder.embed(base.input_ids), encoder.embed(batch.input_ids)
