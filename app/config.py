@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="A prediction not answered by then "
                                      "is dropped from the queue and gets 504.")
 
+    # --- explanations -----------------------------------------------------------------------
+    explain_max_steps: int = Field(64, ge=1, description="Largest explain_steps a predict request "
+                                   "may ask for; more get 422.")
+    explain_batch_tokens: int = Field(
+        0, ge=0, description="Padded tokens x integration steps in one explain pass (a forward "
+        "and backward): bounds its memory, and how long a plain row may wait behind one. 0: "
+        "MAX_BATCH_TOKENS.")
+
     # --- training ---------------------------------------------------------------------------
     jobs_db: Path | None = Field(None, description="SQLite file of training jobs; default "
                                  "ADAPTERS_DIR/.jobs.sqlite3.")

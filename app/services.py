@@ -56,11 +56,11 @@ class Services:
         batcher: Batcher[Row] = Batcher(engine.run, lambda row: len(row.feature), BatchLimits(
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
             wait_s=settings.batch_wait_ms / 1000, max_queue_rows=settings.max_queue_rows,
-            enabled=settings.batching_enabled,
-        ))
+            enabled=settings.batching_enabled, heavy_batch_tokens=settings.explain_batch_tokens,
+        ), width_of=lambda row: row.width)
         predictor = PredictionService(registry, encoder.tokenizer, batcher, PredictLimits(
             settings.max_inputs_per_request, settings.max_text_chars, settings.request_timeout_s,
-            settings.qa_doc_stride, settings.metrics_task_labels))
+            settings.qa_doc_stride, settings.metrics_task_labels, settings.explain_max_steps))
         adapters = AdapterService(store, registry, settings.max_adapter_bytes,
                                   settings.strict_base)
         jobs = JobManager(settings, store, on_stored=registry.ensure_indexed, base=encoder.info)
