@@ -49,12 +49,12 @@ class Served:
         rows = [PathRow(f, chunk, self.heads[slot], slot) for slot, f, chunk in items]
         return explain_pass(self.encoder, rows, self.bank.routing)
 
-    def predict(self, slot: int, feature: Feature, options: DecodeOptions = DecodeOptions()):  # type: ignore[no-untyped-def]
+    def predict(self, slot: int, feature: Feature):  # type: ignore[no-untyped-def]
         batch = self.encoder.tokenizer.collate([feature])
         with torch.inference_mode():
             hidden = self.encoder.forward(batch, self.bank.routing([slot]))
             out = self.heads[slot].predict(hidden, batch.attention_mask)
-        return self.heads[slot].decode(out[0], feature, options)
+        return self.heads[slot].decode(out[0], feature, DecodeOptions())
 
 
 def whole(targets: list[Target], steps: int = 16) -> PathChunk:
