@@ -17,6 +17,8 @@ from app.model.tokenization import EncodedBatch, Feature
 from app.tasks import Head
 from app.tasks.base import Target
 
+PADDING_SLACK = 0.25  # a group of rows pads at most this share of its real tokens
+
 
 @dataclass(frozen=True)
 class PathChunk:
@@ -47,8 +49,36 @@ class PathRow:
 
 def explain_pass(encoder: FrozenEncoder, rows: list[PathRow],
                  route: Callable[[list[int]], AdapterRouting]) -> list[ChunkResult]:
-    """Each row's chunk: its points (N = the rows' steps together) in one forward and one
-    backward per target index, its endpoints in a forward without gradients."""
+    """Each row's part of its attributions. Rows of similar length run together (padding costs
+    a forward and a backward per step; each input's own steps share its length)."""
+    results: dict[int, ChunkResult] = {}
+    for group in length_groups([len(r.feature) for r in rows], [len(r.chunk.alphas) for r in rows]):
+        results.update(zip(group, _group_pass(encoder, [rows[i] for i in group], route),
+                           strict=True))
+    return [results[i] for i in range(len(rows))]
+
+
+def length_groups(lengths: list[int], widths: list[int]) -> list[list[int]]:
+    """Row indices in groups sorted by length, each padding at most PADDING_SLACK of its real
+    tokens (a row of `width` steps stands for that many forward rows)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = width = 0
+    for i in order:  # ascending: the row added is the longest of its group
+        n, w = lengths[i], widths[i]
+        if current and n * (width + w) > (1 + PADDING_SLACK) * (real + n * w):
+            groups.append(current)
+            current, real, width = [], 0, 0
+        current.append(i)
+        real, width = real + n * w, width + w
+    return [*groups, current] if current else groups
+
+
+def _group_pass(encoder: FrozenEncoder, rows: list[PathRow],
+                route: Callable[[list[int]], AdapterRouting]) -> list[ChunkResult]:
+    """The points of every row (N = their steps together) in one forward and one backward per
+    target index; the endpoints in a forward without gradients."""
     batch, start, end = _embedded(encoder, [r.feature for r in rows])  # (B, T), (B, T, H) x 2
     count = max(len(r.chunk.targets) for r in rows)
 

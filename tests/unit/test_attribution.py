@@ -14,7 +14,7 @@ from app.model.bank import AdapterBank
 from app.model.encoder import FrozenEncoder
 from app.model.tokenization import Feature
 from app.serving.explainer import combine
-from app.serving.paths import ChunkResult, PathChunk, PathRow, explain_pass
+from app.serving.paths import ChunkResult, PathChunk, PathRow, explain_pass, length_groups
 from app.tasks import DecodeOptions, Head, HeadConfig, get_task
 from app.tasks.base import Target, TextInput
 from tests.conftest import random_adapter
@@ -223,3 +223,13 @@ def test_words_merge_their_sub_tokens_and_point_into_their_text(
     special = [s for s, q in zip(scores, feature.sequence_ids, strict=True) if q is None]
     assert sum(w.score for w in words) == sum(scores) - sum(special)
     assert len(feature) > len(words) + len(special)  # sub-tokens were merged
+
+
+def test_rows_of_an_explain_pass_are_grouped_by_length_padding_little() -> None:
+    lengths, widths = [10, 40, 11, 39, 12, 10], [16, 16, 16, 16, 16, 2]
+    groups = length_groups(lengths, widths)
+    assert groups == [[0, 5, 2, 4], [3, 1]]
+    for g in groups:
+        padded = max(lengths[i] for i in g) * sum(widths[i] for i in g)
+        assert padded <= 1.25 * sum(lengths[i] * widths[i] for i in g)
+    assert length_groups([500], [3]) == [[0]]
