@@ -38,7 +38,6 @@ class _Request(Generic[T]):
     arrived: float = field(default_factory=time.monotonic)
     next_row: int = 0  # rows before it have been taken into a batch
     remaining: int = 0  # rows not yet answered
-    heavy: bool = False
 
     @property
     def dead(self) -> bool:
@@ -135,8 +134,7 @@ class Batcher(Generic[T]):
                 f"{self.limits.max_queue_rows}); retry shortly", retry_after=1.0,
             )
         loop = asyncio.get_running_loop()
-        request = _Request(rows, loop.create_future(), [None] * len(rows), remaining=len(rows),
-                           heavy=heavy)
+        request = _Request(rows, loop.create_future(), [None] * len(rows), remaining=len(rows))
         (self._heavy if heavy else self._queue).append(request)
         self._queued_rows += len(rows)
         self._wakeup.set()

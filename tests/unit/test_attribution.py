@@ -26,6 +26,8 @@ HEADS = {
     "token_classification": HeadConfig(task_type="token_classification",
                                        labels=["O", "B-X", "I-X"]),
     "question_answering": HeadConfig(task_type="question_answering"),
+    "multi_label_classification": HeadConfig(task_type="multi_label_classification",
+                                             labels=["a", "b", "c"]),
 }
 
 
