@@ -90,6 +90,15 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="A prediction not answered by then "
                                      "is dropped from the queue and gets 504.")
 
+    # --- explanations -----------------------------------------------------------------------
+    explain_max_steps: int = Field(64, ge=1, description="Largest explain_steps a predict request "
+                                   "may ask for; more get 422.")
+    explain_batch_tokens: int | None = Field(
+        None, ge=1, description="Padded tokens x integration steps in one explain pass (forward "
+        "and backward): bounds its memory, and how long a plain row may wait behind one. Unset: "
+        "MAX_BATCH_TOKENS on a GPU; an eighth of it on a CPU, where a pass takes seconds and a "
+        "larger one is no faster per step.")
+
     # --- training ---------------------------------------------------------------------------
     jobs_db: Path | None = Field(None, description="SQLite file of training jobs; default "
                                  "ADAPTERS_DIR/.jobs.sqlite3.")
@@ -137,7 +146,7 @@ class Settings(BaseSettings):
     def jobs_db_path(self) -> Path:
         return self.jobs_db or self.adapters_dir / ".jobs.sqlite3"
 
-    @field_validator("api_keys_file", "jobs_db", mode="before")
+    @field_validator("api_keys_file", "jobs_db", "explain_batch_tokens", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # `VAR=` in compose or a .env file means unset

@@ -57,10 +57,11 @@ class Services:
             max_batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens,
             wait_s=settings.batch_wait_ms / 1000, max_queue_rows=settings.max_queue_rows,
             enabled=settings.batching_enabled,
-        ))
+            heavy_batch_tokens=explain_batch_tokens(settings, encoder.device),
+        ), width_of=lambda row: row.width)
         predictor = PredictionService(registry, encoder.tokenizer, batcher, PredictLimits(
             settings.max_inputs_per_request, settings.max_text_chars, settings.request_timeout_s,
-            settings.qa_doc_stride, settings.metrics_task_labels))
+            settings.qa_doc_stride, settings.metrics_task_labels, settings.explain_max_steps))
         adapters = AdapterService(store, registry, settings.max_adapter_bytes,
                                   settings.strict_base)
         jobs = JobManager(settings, store, on_stored=registry.ensure_indexed, base=encoder.info)
@@ -193,6 +194,15 @@ def tier_budgets(settings: Settings, device: torch.device) -> TierBudgets:
     log.info("adapter memory: device tier %.0f MiB, host tier %.0f MiB%s", dev / 2**20,
              host / 2**20, " (on CPU the bank is in host memory)" if device.type != "cuda" else "")
     return budgets
+
+
+def explain_batch_tokens(settings: Settings, device: torch.device) -> int:
+    """A heavy pass's budget: as set, or the plain one on a GPU (where larger passes run
+    faster per step) and an eighth of it on a CPU (where a pass is compute-bound: a smaller one
+    costs nothing per step and keeps the plain rows that wait behind it waiting less)."""
+    if settings.explain_batch_tokens is not None:
+        return settings.explain_batch_tokens
+    return settings.max_batch_tokens if device.type == "cuda" else settings.max_batch_tokens // 8
 
 
 def _progress(job: Job) -> JobProgress:

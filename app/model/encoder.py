@@ -143,12 +143,19 @@ class FrozenEncoder:
                  info.fingerprint[:12])
         return cls(model, text, info, dev, dt, pooler)
 
-    def forward(self, batch: EncodedBatch, routing: AdapterRouting | None = None) -> Tensor:
-        """(B, T) ids -> (B, T, H) last hidden states, each row through its routed adapter."""
+    def forward(self, batch: EncodedBatch, routing: AdapterRouting | None = None,
+                inputs_embeds: Tensor | None = None) -> Tensor:
+        """(B, T) ids -> (B, T, H) last hidden states, each row through its routed adapter.
+
+        With `inputs_embeds` (B, T, H) those stand for the word embeddings of the ids (position
+        and token-type embeddings are still added): what attributions differentiate.
+        """
         previous = self.hook.set(routing)
+        words = ({"input_ids": batch.input_ids} if inputs_embeds is None
+                 else {"inputs_embeds": inputs_embeds})
         try:
             out = self.model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                **words, attention_mask=batch.attention_mask,
                 **({"token_type_ids": batch.token_type_ids}
                    if batch.token_type_ids is not None else {}),
             )
@@ -156,6 +163,13 @@ class FrozenEncoder:
             self.hook.set(previous)
         hidden: Tensor = out.last_hidden_state  # (B, T, H)
         return hidden
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """(B, T) ids -> (B, T, H) word embeddings (before positions, token types and norm)."""
+        table = self.model.get_input_embeddings()
+        assert isinstance(table, nn.Module)
+        words: Tensor = table(input_ids)
+        return words
 
     def base_parameters(self) -> dict[str, Tensor]:
         return {n: p for n, p in self.model.named_parameters()}

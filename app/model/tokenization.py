@@ -13,14 +13,19 @@ from app.errors import InvalidInputError
 
 @dataclass
 class Feature:
-    """One tokenized row. `offsets` (character spans per token) serve heads that point into text."""
+    """One tokenized row. `offsets` (character spans per token, into the token's own text) serve
+    heads that point into text, and attributions that name words."""
 
     input_ids: list[int]
     token_type_ids: list[int] | None = None
     offsets: list[tuple[int, int]] = field(default_factory=list)
     word_ids: list[int | None] = field(default_factory=list)  # token -> word (None: special)
-    text: str = ""  # what the offsets point into
+    text: str = ""  # what heads point into: the text (QA: the context)
     group: int = 0  # QA: which input this window belongs to
+    # token -> which text it comes from, an index into `sources` (None: special token)
+    sequence_ids: list[int | None] = field(default_factory=list)
+    # (input field, text) by sequence id: ("text",), ("text", "text_pair"), ("question", "context")
+    sources: tuple[tuple[str, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -42,6 +47,9 @@ class EncodedBatch:
 
         return EncodedBatch(move(self.input_ids), move(self.attention_mask),
                             None if self.token_type_ids is None else move(self.token_type_ids))
+
+
+CONTEXT = 1  # question answering: the sequence id of the context (the question is 0)
 
 
 class TextEncoder:
@@ -79,15 +87,17 @@ class TextEncoder:
         types = enc.get("token_type_ids") if self.uses_token_types else None
         return [
             Feature(ids, types[i] if types is not None else None, list(enc["offset_mapping"][i]),
-                    enc.word_ids(i), texts[i])
+                    enc.word_ids(i), texts[i], sequence_ids=enc.sequence_ids(i),
+                    sources=(("text", texts[i]),) if pairs is None
+                    else (("text", texts[i]), ("text_pair", pairs[i] or "")))
             for i, ids in enumerate(enc["input_ids"])
         ]
 
     def encode_qa(self, questions: list[str], contexts: list[str], stride: int,
                   max_length: int | None = None) -> list[Feature]:
         """Question + context windows: a long context is split into windows overlapping by
-        `stride` tokens. Offsets point into the context; question and special tokens get None
-        as word id, so only context tokens can be part of an answer."""
+        `stride` tokens. Sequence 0 is the question, 1 the context (CONTEXT): only context
+        tokens can be part of an answer."""
         if not questions:
             return []
         limit = min(max_length or self.max_length, self.max_length)
@@ -108,12 +118,11 @@ class TextEncoder:
         features = []
         for i, ids in enumerate(enc["input_ids"]):
             example = enc["overflow_to_sample_mapping"][i]
-            in_context = [s == 1 for s in enc.sequence_ids(i)]
-            offsets = [o if c else (0, 0) for o, c in zip(enc["offset_mapping"][i], in_context,
-                                                             strict=True)]
-            word_ids = [k if c else None for k, c in enumerate(in_context)]
-            features.append(Feature(ids, types[i] if types is not None else None, offsets,
-                                    word_ids, contexts[example], group=example))
+            features.append(Feature(
+                ids, types[i] if types is not None else None, list(enc["offset_mapping"][i]),
+                enc.word_ids(i), contexts[example], group=example,
+                sequence_ids=enc.sequence_ids(i),
+                sources=(("question", questions[example]), ("context", contexts[example]))))
         return features
 
     def encode_words(self, words: list[list[str]], max_length: int | None = None
@@ -133,8 +142,10 @@ class TextEncoder:
             word_ids = enc.word_ids(i)
             offsets = [(0, 0) if w is None else (starts[w] + a, starts[w] + b)
                        for w, (a, b) in zip(word_ids, enc["offset_mapping"][i], strict=True)]
+            text = " ".join(words[i])
             features.append(Feature(ids, types[i] if types is not None else None, offsets,
-                                    word_ids, " ".join(words[i])))
+                                    word_ids, text, sequence_ids=enc.sequence_ids(i),
+                                    sources=(("text", text),)))
         return features
 
     def collate(self, features: list[Feature]) -> EncodedBatch:

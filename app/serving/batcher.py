@@ -3,6 +3,11 @@
 A plain asyncio component with no knowledge of models or HTTP: it is given a `process`
 function (a list of rows -> a list of results or exceptions, run in one worker thread) and a
 `size_of` function (a row's length in tokens, for grouping rows of similar length).
+
+Rows come in two lanes. Plain rows are one forward row each. Heavy rows (explanations) stand for
+`width_of(row)` forward rows each, and a batch of them (a heavy pass) holds at most
+`heavy_tokens` of longest row x widths. The lanes take turns: a plain row waits for at most one
+heavy pass, and heavy rows get a pass after each round of plain batches.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ class BatchLimits:
     wait_s: float = 0.002
     max_queue_rows: int = 4096
     enabled: bool = True  # off: each request is one batch of its own
+    heavy_batch_tokens: int = 0  # a heavy pass's budget of longest row x widths; 0: max_batch_tokens
+
+    @property
+    def heavy_tokens(self) -> int:
+        return self.heavy_batch_tokens or self.max_batch_tokens
 
 
 def plan_batches(sizes: list[int], limits: BatchLimits) -> list[list[int]]:
@@ -72,11 +82,13 @@ class Batcher(Generic[T]):
     """Queues rows; one worker task forms batches and runs `process` off the event loop."""
 
     def __init__(self, process: Callable[[list[T]], list[Any]], size_of: Callable[[T], int],
-                 limits: BatchLimits) -> None:
+                 limits: BatchLimits, width_of: Callable[[T], int] = lambda row: 1) -> None:
         self._process = process
         self._size_of = size_of
+        self._width_of = width_of
         self.limits = limits
         self._queue: deque[_Request[T]] = deque()
+        self._heavy: deque[_Request[T]] = deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -109,8 +121,9 @@ class Batcher(Generic[T]):
             await self._worker
         self._executor.shutdown(wait=True)
 
-    async def submit(self, rows: Sequence[T]) -> list[Any]:
-        """Results for `rows`, in order. Raises the first error of any of its rows."""
+    async def submit(self, rows: Sequence[T], heavy: bool = False) -> list[Any]:
+        """Results for `rows`, in order. Raises the first error of any of its rows. Heavy rows
+        each fit a heavy pass alone (a wider one runs alone)."""
         if not rows:
             return []
         if self._closing:
@@ -122,7 +135,7 @@ class Batcher(Generic[T]):
             )
         loop = asyncio.get_running_loop()
         request = _Request(rows, loop.create_future(), [None] * len(rows), remaining=len(rows))
-        self._queue.append(request)
+        (self._heavy if heavy else self._queue).append(request)
         self._queued_rows += len(rows)
         self._wakeup.set()
         try:
@@ -132,10 +145,16 @@ class Batcher(Generic[T]):
                 request.future.cancel()
 
     async def _run(self) -> None:
+        heavy_turn = False
         while True:
             await self._wait_for_work()
-            if self._closing and not self._queue:
+            if self._closing and not self._queue and not self._heavy:
                 return  # drained: everything taken has been answered
+            if self._heavy and (heavy_turn or not self._queue):
+                heavy_turn = False
+                await self._run_batch(self._take_heavy())
+                continue
+            heavy_turn = True
             taken = self._take()
             if not taken:
                 continue
@@ -146,10 +165,11 @@ class Batcher(Generic[T]):
                 await self._run_batch([taken[i] for i in batch])
 
     async def _wait_for_work(self) -> None:
-        while not self._queue and not self._closing:
+        while not self._queue and not self._heavy and not self._closing:
             self._wakeup.clear()
             await self._wakeup.wait()
-        if not self.limits.enabled or self.limits.wait_s <= 0 or self._closing:
+        if (not self._queue or not self.limits.enabled or self.limits.wait_s <= 0
+                or self._closing):
             return
         deadline = self._queue[0].arrived + self.limits.wait_s
         while self._queued_rows < self.limits.max_batch_size and not self._closing:
@@ -179,6 +199,31 @@ class Batcher(Generic[T]):
                 self._queue.popleft()
             if limit is None:
                 break
+        return taken
+
+    def _take_heavy(self) -> list[tuple[_Request[T], int]]:
+        """One heavy pass: rows in arrival order while longest x widths fits the budget (at
+        least one row; with batching off, rows of one request only)."""
+        taken: list[tuple[_Request[T], int]] = []
+        longest = width = 0
+        while self._heavy:
+            req = self._heavy[0]
+            if req.dead:
+                self._queued_rows -= len(req.rows) - req.next_row
+                self._heavy.popleft()
+                continue
+            row = req.rows[req.next_row]
+            size, wide = max(longest, self._size_of(row)), width + self._width_of(row)
+            if taken and size * wide > self.limits.heavy_tokens:
+                break
+            taken.append((req, req.next_row))
+            longest, width = size, wide
+            self._queued_rows -= 1
+            req.next_row += 1
+            if req.next_row == len(req.rows):
+                self._heavy.popleft()
+                if not self.limits.enabled:
+                    break
         return taken
 
     async def _run_batch(self, batch: list[tuple[_Request[T], int]]) -> None:

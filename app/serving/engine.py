@@ -14,16 +14,24 @@ from app.adapters.registry import AdapterRegistry, DeviceTierFull, ResidentAdapt
 from app.errors import ServiceError
 from app.model.encoder import FrozenEncoder
 from app.model.tokenization import Feature
+from app.serving.paths import ChunkResult, PathChunk, PathRow, explain_pass
 from app.tasks import DecodeOptions, Prediction
 
 
 @dataclass(frozen=True)
 class Row:
-    """One input of one request: which adapter version, its tokens, how to decode it."""
+    """One input of one request: which adapter version, its tokens, how to decode it; or (with
+    `explain`) some integration steps of its explanation."""
 
     key: Key
     feature: Feature
     options: DecodeOptions = DecodeOptions()
+    explain: PathChunk | None = None
+
+    @property
+    def width(self) -> int:
+        """Forward rows it stands for in a batch."""
+        return 1 if self.explain is None else len(self.explain.alphas)
 
 
 class InferenceEngine:
@@ -31,14 +39,15 @@ class InferenceEngine:
         self.encoder = encoder
         self.registry = registry
 
-    def run(self, rows: list[Row]) -> list[Prediction | Exception]:
-        """Per row: the head's decoded prediction, or the error of its adapter (others proceed).
+    def run(self, rows: list[Row]) -> list[Prediction | ChunkResult | Exception]:
+        """Per row: the head's decoded prediction (an explain row: its part of the
+        attributions), or the error of its adapter (others proceed).
 
         One forward pass when the device tier holds every adapter of the batch at once (the
         common case); otherwise the batch is cut into passes over as many adapters as fit.
         """
         t0 = time.perf_counter()
-        results: dict[int, Prediction | Exception] = {}
+        results: dict[int, Prediction | ChunkResult | Exception] = {}
         pending = list(dict.fromkeys(r.key for r in rows))
         while pending:
             pending = self._run_pass(rows, pending, results)
@@ -49,7 +58,7 @@ class InferenceEngine:
         return [results[i] for i in range(len(rows))]
 
     def _run_pass(self, rows: list[Row], keys: list[Key],
-                  results: dict[int, Prediction | Exception]) -> list[Key]:
+                  results: dict[int, Prediction | ChunkResult | Exception]) -> list[Key]:
         """One forward pass over the rows of as many of `keys` as the device tier takes at once
         (at least the first); returns the keys left for the next pass."""
         entries: dict[Key, ResidentAdapter] = {}
@@ -65,17 +74,31 @@ class InferenceEngine:
                     for i, r in enumerate(rows):
                         if r.key == key:
                             results[i] = exc
-            ok = [i for i, r in enumerate(rows) if r.key in entries]
+            ok = [i for i, r in enumerate(rows) if r.key in entries and r.explain is None]
             if ok:
                 self._forward([rows[i] for i in ok], entries, ok, results)
+            paths = [i for i, r in enumerate(rows) if r.key in entries and r.explain is not None]
+            if paths:
+                self._explain([rows[i] for i in paths], entries, paths, results)
         finally:
             for entry in entries.values():
                 self.registry.release(entry)
         return left
 
+    def _explain(self, rows: list[Row], entries: dict[Key, ResidentAdapter], positions: list[int],
+                 results: dict[int, Prediction | ChunkResult | Exception]) -> None:
+        """Gradients, with respect to the input embeddings only (the base, the bank and the
+        heads hold no tensor that requires one): no inference mode here."""
+        for entry in entries.values():
+            entry.wait_copied(self.encoder.device)
+        found = explain_pass(self.encoder, [
+            PathRow(r.feature, r.explain, entries[r.key].head, entries[r.key].slot)
+            for r in rows if r.explain is not None], self.registry.routing)
+        results.update(zip(positions, found, strict=True))
+
     @torch.inference_mode()
     def _forward(self, rows: list[Row], entries: dict[Key, ResidentAdapter], positions: list[int],
-                 results: dict[int, Prediction | Exception]) -> None:
+                 results: dict[int, Prediction | ChunkResult | Exception]) -> None:
         enc = self.encoder
         batch = enc.tokenizer.collate([r.feature for r in rows])
         on_gpu = enc.device.type == "cuda"

@@ -14,7 +14,9 @@ from app.errors import InvalidInputError, PayloadTooLargeError, RequestTimeoutEr
 from app.model.tokenization import Feature, TextEncoder
 from app.serving.batcher import Batcher
 from app.serving.engine import Row
-from app.tasks import DecodeOptions, Prediction, TextInput, get_task
+from app.serving.explainer import Explainer
+from app.tasks import DecodeOptions, Prediction, Task, TextInput, get_task
+from app.tasks.base import ExplainOptions
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class PredictLimits:
     timeout_s: float = 30.0
     doc_stride: int = 128  # question answering: overlap of a long context's windows
     task_labels: int = 100  # adapter names with their own label on the per-task metrics
+    explain_max_steps: int = 64
 
 
 class PredictionService:
@@ -33,14 +36,17 @@ class PredictionService:
         self.tokenizer = tokenizer
         self.batcher = batcher
         self.limits = limits
+        self.explainer = Explainer(batcher)
         self._labelled: set[str] = set()
 
     async def predict(self, task: str, inputs: list[TextInput], version: int | None = None,
-                      options: DecodeOptions | None = None) -> tuple[int, list[Prediction]]:
-        """(version served, one prediction per input)."""
+                      options: DecodeOptions | None = None,
+                      explain: ExplainOptions | None = None) -> tuple[int, list[Prediction]]:
+        """(version served, one prediction per input; explained where an input asks)."""
         t0 = time.perf_counter()
         version, predictions = await self._predict(task, inputs, version,
-                                                   options or DecodeOptions())
+                                                   options or DecodeOptions(),
+                                                   explain or ExplainOptions())
         label = self._task_label(task)
         metrics.PREDICT_SECONDS.labels(label).observe(time.perf_counter() - t0)
         metrics.PREDICT_INPUTS.labels(label).inc(len(inputs))
@@ -57,34 +63,49 @@ class PredictionService:
         return metrics.OTHER_TASKS
 
     async def _predict(self, name: str, inputs: list[TextInput], version: int | None,
-                       options: DecodeOptions) -> tuple[int, list[Prediction]]:
-        self._check(inputs)
+                       options: DecodeOptions, explain: ExplainOptions
+                       ) -> tuple[int, list[Prediction]]:
+        self._check(inputs, explain)
         key = self.registry.resolve(name, version)
-        task = get_task(self.registry.metadata(key).task_type)
+        meta = self.registry.metadata(key)
+        task = get_task(meta.task_type)
         for n, item in enumerate(inputs):
             task.check_input(n, item, name)
+        task.check_explain_label(explain.label, meta.head_config.labels, name)
         loading = self.registry.prefetch(key)  # not on the device: the loader fetches it now
         features = await asyncio.to_thread(task.tokenize, self.tokenizer, inputs,
                                            self.limits.doc_stride)
         try:
-            rows = await asyncio.wait_for(self._submit(key, features, options, loading),
-                                          self.limits.timeout_s)
+            predictions = await asyncio.wait_for(
+                self._answer(key, task, meta.head_config.labels, inputs, features, options,
+                             explain, loading), self.limits.timeout_s)
         except TimeoutError:
             raise RequestTimeoutError(
                 f"no answer within {self.limits.timeout_s:g} s (REQUEST_TIMEOUT_S); the service is "
                 f"overloaded or the request too large") from None
-        return key[1], task.merge(features, rows, len(inputs), options)
+        return key[1], predictions
 
-    async def _submit(self, key: Key, features: list[Feature], options: DecodeOptions,
+    async def _answer(self, key: Key, task: Task, labels: list[str], inputs: list[TextInput],
+                      features: list[Feature], options: DecodeOptions, explain: ExplainOptions,
                       loading: Future[None] | None) -> list[Prediction]:
-        """Queue the rows once their adapter is in memory: a batch never waits for a disk read."""
+        """Predict; then, when asked, explain those predictions (the heavy lane of the batcher:
+        the plain rows of other requests do not wait for these)."""
         if loading is not None:  # shared by every request for this adapter: never cancelled
             await asyncio.shield(asyncio.wrap_future(loading))
-        return await self.batcher.submit([Row(key, f, options) for f in features])
+        rows = await self.batcher.submit([Row(key, f, options) for f in features])
+        predictions = task.merge(features, rows, len(inputs), options)
+        if not any(i.explain for i in inputs):
+            return predictions
+        return await self.explainer.explain(key, task, labels, inputs, features, rows,
+                                            predictions, explain, options)
 
-    def _check(self, inputs: list[TextInput]) -> None:
+    def _check(self, inputs: list[TextInput], explain: ExplainOptions) -> None:
         if not inputs:
             raise InvalidInputError("inputs is empty: send at least one text")
+        if not 1 <= explain.steps <= self.limits.explain_max_steps:
+            raise InvalidInputError(f"explain_steps must be between 1 and "
+                                    f"{self.limits.explain_max_steps} (EXPLAIN_MAX_STEPS), got "
+                                    f"{explain.steps}")
         if len(inputs) > self.limits.max_inputs:
             raise PayloadTooLargeError(
                 f"{len(inputs)} inputs in one request; the limit is {self.limits.max_inputs}",

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from app.errors import InvalidInputError
 from app.model.adapter import Activation
+from app.model.attribution import Explanation
 from app.model.tokenization import Feature, TextEncoder
 from app.tasks.registry import TaskType
 
@@ -29,6 +30,24 @@ class HeadConfig(BaseModel):
     activation: Activation = Field("tanh", description="Non-linearity after the hidden layer.")
     use_pooler: bool = Field(False, description="Sentence heads: start with a pooler (dense + "
                              "tanh of the first token), as BERT's, instead of `pooling`.")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One output of one row that an explanation attributes, as the row's head reads it from
+    its serving outputs (see Head.attributed)."""
+
+    label: int = 0  # sentence heads: the label's column
+    cells: tuple[tuple[int, int], ...] = ()  # per-token heads: (token, column) cells it reads
+    name: str | None = None  # the label or entity type the answer names
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """Per-request explanation choices (which inputs are explained: TextInput.explain)."""
+
+    steps: int = 16  # integration steps
+    label: str | None = None  # label tasks: explain this label instead of the predicted one
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,12 @@ class Head(nn.Module, ABC):
     @abstractmethod
     def decode(self, output: Tensor, feature: Feature, options: DecodeOptions) -> Prediction: ...
 
+    @abstractmethod
+    def attributed(self, output: Tensor, target: Target) -> Tensor:
+        """The output an explanation attributes, (S,), from the serving outputs (S, ...) of the
+        points on one input's integration path: differentiable, and read the same way as
+        `decode` reads the prediction's score."""
+
 
 @dataclass(frozen=True)
 class TextInput:
@@ -80,6 +105,7 @@ class TextInput:
     text_pair: str | None = None
     tokens: list[str] | None = None  # pre-split words (token classification)
     question: str | None = None  # question answering: `text` is then the context
+    explain: bool = False  # attribute its prediction to its words
 
 
 @dataclass
@@ -128,6 +154,7 @@ class Task(ABC):
     accepts_pairs: ClassVar[bool] = True  # inputs may carry a text_pair
     accepts_tokens: ClassVar[bool] = False  # inputs may be pre-split words
     min_labels: ClassVar[int] = 0  # a stored adapter of this type has at least this many
+    explains_labels: ClassVar[bool] = False  # explain_label may name one of its labels
 
     def build_head(self, config: HeadConfig, hidden_size: int) -> Head:
         return self.head_type(config, hidden_size)
@@ -196,3 +223,28 @@ class Task(ABC):
               options: DecodeOptions) -> list[Prediction]:
         """One prediction per input from one per feature."""
         return predictions
+
+    # ------------------------------------------------------------------------- explaining
+    def check_explain_label(self, label: str | None, labels: list[str], adapter: str) -> None:
+        """Refuse an explain_label this adapter has no output for."""
+        if label is None:
+            return
+        if not self.explains_labels:
+            raise InvalidInputError(f"explain_label is for classification adapters; adapter "
+                                    f"{adapter!r} is {self.name}")
+        if label not in labels:
+            raise InvalidInputError(f"explain_label {label!r} is not one of the labels {labels} "
+                                    f"of adapter {adapter!r}")
+
+    @abstractmethod
+    def explain_targets(self, features: list[Feature], rows: list[Prediction], wanted: list[bool],
+                        labels: list[str], label: str | None, options: DecodeOptions
+                        ) -> list[list[Target]]:
+        """Per feature (`rows`: its prediction), the outputs to attribute: none where its input
+        is not `wanted`; `label` (checked) replaces the predicted label."""
+
+    @abstractmethod
+    def explained(self, predictions: list[Prediction], features: list[Feature],
+                  explanations: list[list[Explanation]]) -> list[Prediction]:
+        """The predictions (one per input) with the explanations (per feature, one per target
+        of explain_targets) attached."""

@@ -11,12 +11,12 @@ from torch import Tensor, nn
 
 from app.errors import InvalidInputError
 from app.model.tokenization import Feature
-from app.tasks.base import DecodeOptions, Examples, Head, Prediction, TaskDefaults
-from app.tasks.sequence import SequenceHead, SequenceTask
+from app.tasks.base import DecodeOptions, Examples, Head, Prediction, Target, TaskDefaults
+from app.tasks.sequence import SentenceResult, SequenceHead, SequenceTask, label_target
 
 
 @dataclass(frozen=True)
-class ClassificationResult(Prediction):
+class ClassificationResult(SentenceResult):
     label: str  # the most probable label
     score: float  # its probability
     scores: dict[str, float]  # every label's probability
@@ -83,7 +83,7 @@ class Classification(SequenceTask):
     defaults = TaskDefaults(epochs=3, learning_rate=1e-3, max_seq_length=128)
     head_type = ClassificationHead
     min_labels = 2
-
+    explains_labels = True
 
     def labels(self, train: Examples, given: list[str] | None) -> list[str]:
         seen = list(dict.fromkeys(class_name(v, f"train[{i}]") for i, v in enumerate(train.targets)))
@@ -119,6 +119,10 @@ class Classification(SequenceTask):
 
     def score(self, metrics: dict[str, float]) -> tuple[float, float]:
         return metrics["accuracy"], metrics["macro_f1"]
+
+    def target(self, prediction: Prediction, labels: list[str], label: str | None) -> Target:
+        assert isinstance(prediction, ClassificationResult)
+        return label_target(prediction.scores, labels, label)
 
 
 TASK = Classification()

@@ -12,15 +12,21 @@ from torch import Tensor, nn
 
 from app.errors import InvalidInputError
 from app.model.tokenization import Feature
-from app.tasks.base import DecodeOptions, Examples, Head, Prediction, TaskDefaults
+from app.tasks.base import DecodeOptions, Examples, Head, Prediction, Target, TaskDefaults
 from app.tasks.classification import check_given_labels, class_name
-from app.tasks.sequence import SequenceHead, SequenceTask, check_text_rows
+from app.tasks.sequence import (
+    SentenceResult,
+    SequenceHead,
+    SequenceTask,
+    check_text_rows,
+    label_target,
+)
 
 THRESHOLD = 0.5  # a label is predicted when its probability reaches this
 
 
 @dataclass(frozen=True)
-class MultiLabelResult(Prediction):
+class MultiLabelResult(SentenceResult):
     labels: list[str]  # every label at or over the threshold, most probable first
     scores: dict[str, float]  # every label's probability
 
@@ -82,6 +88,7 @@ class MultiLabelClassification(SequenceTask):
     defaults = TaskDefaults(epochs=5, learning_rate=1e-3, max_seq_length=128)
     head_type = MultiLabelHead
     min_labels = 1
+    explains_labels = True
 
     def read_rows(self, rows: list[Any], what: str, max_chars: int) -> Examples:
         """{"text", "text_pair"?, "labels": [names]} rows (an empty list: no label applies)."""
@@ -120,6 +127,11 @@ class MultiLabelClassification(SequenceTask):
 
     def score(self, metrics: dict[str, float]) -> tuple[float, float]:
         return metrics["micro_f1"], metrics["exact_match"]
+
+    def target(self, prediction: Prediction, labels: list[str], label: str | None) -> Target:
+        """The most probable label's probability (whether or not it reaches the threshold)."""
+        assert isinstance(prediction, MultiLabelResult)
+        return label_target(prediction.scores, labels, label)
 
 
 TASK = MultiLabelClassification()

@@ -6,20 +6,22 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from app.errors import InvalidInputError
-from app.model.tokenization import Feature, TextEncoder
+from app.model.attribution import Explanation
+from app.model.tokenization import CONTEXT, Feature, TextEncoder
 from app.tasks.base import (
     DecodeOptions,
     Examples,
     Head,
     HeadConfig,
     Prediction,
+    Target,
     Task,
     TaskDefaults,
     TextInput,
@@ -34,6 +36,7 @@ class AnswerResult(Prediction):
     start: int  # character offsets into the context
     end: int
     score: float
+    explanation: Explanation | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,25 @@ class WindowAnswer(AnswerResult):
     """The best span of one window of a long context, before the windows are merged."""
 
     null_score: float = 0.0  # probability that this window holds no answer
+    first: int = 0  # the span's first and last token in the window ([CLS] for no span)
+    last: int = 0
+
+
+def choose_window(windows: list[WindowAnswer], allow_empty: bool) -> tuple[int, bool]:
+    """Which window answers, and whether the answer is empty: then the window whose no-answer
+    score decided it (the lowest), else the window with the best-scoring span."""
+    best = max(range(len(windows)), key=lambda i: windows[i].score)
+    null = min(range(len(windows)), key=lambda i: windows[i].null_score)
+    if not windows[best].answer or (allow_empty and windows[null].null_score > windows[best].score):
+        return null, True
+    return best, False
 
 
 def merge_windows(windows: list[WindowAnswer], allow_empty: bool = False) -> AnswerResult:
     """One answer per input: the best-scoring window's span, or (when allowed and the windows
-    agree there is none) an empty answer with the no-answer score."""
+    agree there is none) an empty answer with the best span's score."""
     best = max(windows, key=lambda w: w.score)
-    null = min(w.null_score for w in windows)
-    if not best.answer or (allow_empty and null > best.score):
+    if choose_window(windows, allow_empty)[1]:
         return AnswerResult("", 0, 0, best.score)
     return AnswerResult(best.answer, best.start, best.end, best.score)
 
@@ -75,7 +89,7 @@ class QuestionAnsweringHead(Head):
         """The best span of this window; merge_windows picks the best over an input's windows."""
         n = len(feature)
         logp = output[:n].log_softmax(0)  # (T, 2)
-        context = torch.tensor([w is not None for w in feature.word_ids])
+        context = torch.tensor([s == CONTEXT for s in feature.sequence_ids])
         scores = logp[:, 0, None] + logp[None, :, 1]  # (start, end)
         i = torch.arange(n)
         valid = (context[:, None] & context[None, :] & (i[None, :] >= i[:, None])
@@ -86,7 +100,14 @@ class QuestionAnsweringHead(Head):
         best = int(scores.masked_fill(~valid, float("-inf")).flatten().argmax())
         s, e = divmod(best, n)
         start, end = feature.offsets[s][0], feature.offsets[e][1]
-        return WindowAnswer(feature.text[start:end], start, end, float(scores[s, e].exp()), null)
+        return WindowAnswer(feature.text[start:end], start, end, float(scores[s, e].exp()), null,
+                            s, e)
+
+    def attributed(self, output: Tensor, target: Target) -> Tensor:  # (S, T, 2) -> (S,)
+        """A span's score: p(start) * p(end), each a softmax over the window's tokens (padding
+        is masked), as `decode` scores it."""
+        probs = output.float().softmax(1)
+        return torch.stack([probs[:, t, c] for t, c in target.cells], 1).prod(1)
 
 
 def normalize_answer(text: str) -> str:
@@ -138,8 +159,8 @@ def _answer_tokens(feature: Feature, target: dict[str, Any]) -> tuple[int, int]:
     hold all of it."""
     start, end = target["start"], target["start"] + len(target["text"])
     first = last = None
-    for i, w in enumerate(feature.word_ids):
-        if w is None:
+    for i, s in enumerate(feature.sequence_ids):
+        if s != CONTEXT:
             continue
         a, b = feature.offsets[i]
         if first is None and a <= start < b:
@@ -214,11 +235,42 @@ class QuestionAnswering(Task):
     @staticmethod
     def _merge(features: list[Feature], predictions: Sequence[Prediction], n_inputs: int,
                options: DecodeOptions) -> list[AnswerResult]:
-        windows: list[list[WindowAnswer]] = [[] for _ in range(n_inputs)]
-        for f, p in zip(features, predictions, strict=True):
-            assert isinstance(p, WindowAnswer)
-            windows[f.group].append(p)
-        return [merge_windows(w, options.allow_empty) for w in windows]
+        windows = _windows(features, predictions, n_inputs)
+        return [merge_windows([w for _, w in group], options.allow_empty) for group in windows]
+
+    def explain_targets(self, features: list[Feature], rows: list[Prediction], wanted: list[bool],
+                        labels: list[str], label: str | None, options: DecodeOptions
+                        ) -> list[list[Target]]:
+        """The answering window of each explained input: its span's start and end ([CLS] for
+        both when the answer is empty: the no-answer score)."""
+        out: list[list[Target]] = [[] for _ in features]
+        for group, want in zip(_windows(features, rows, len(wanted)), wanted, strict=True):
+            if want:
+                pick, empty = choose_window([w for _, w in group], options.allow_empty)
+                i, w = group[pick]
+                s, e = (0, 0) if empty else (w.first, w.last)
+                out[i] = [Target(cells=((s, 0), (e, 1)))]
+        return out
+
+    def explained(self, predictions: list[Prediction], features: list[Feature],
+                  explanations: list[list[Explanation]]) -> list[Prediction]:
+        out = list(predictions)
+        for f, found in zip(features, explanations, strict=True):
+            if found:
+                answer = out[f.group]
+                assert isinstance(answer, AnswerResult)
+                out[f.group] = replace(answer, explanation=found[0])
+        return out
+
+
+def _windows(features: list[Feature], predictions: Sequence[Prediction], n_inputs: int
+             ) -> list[list[tuple[int, WindowAnswer]]]:
+    """Per input, its windows' answers with their feature index."""
+    windows: list[list[tuple[int, WindowAnswer]]] = [[] for _ in range(n_inputs)]
+    for i, (f, p) in enumerate(zip(features, predictions, strict=True)):
+        assert isinstance(p, WindowAnswer)
+        windows[f.group].append((i, p))
+    return windows
 
 
 TASK = QuestionAnswering()

@@ -12,14 +12,14 @@ from torch import Tensor, nn
 
 from app.errors import InvalidInputError
 from app.model.tokenization import Feature
-from app.tasks.base import DecodeOptions, Examples, Head, Prediction, TaskDefaults
-from app.tasks.sequence import SequenceHead, SequenceTask
+from app.tasks.base import DecodeOptions, Examples, Head, Prediction, Target, TaskDefaults
+from app.tasks.sequence import SentenceResult, SequenceHead, SequenceTask
 
 STRATA = 5  # value quantile bins: the validation split keeps the value range of train
 
 
 @dataclass(frozen=True)
-class RegressionResult(Prediction):
+class RegressionResult(SentenceResult):
     value: float
 
 
@@ -117,6 +117,9 @@ class Regression(SequenceTask):
 
     def score(self, metrics: dict[str, float]) -> tuple[float, float]:
         return metrics["pearson"], -metrics["mse"]
+
+    def target(self, prediction: Prediction, labels: list[str], label: str | None) -> Target:
+        return Target()  # the value
 
 
 TASK = Regression()

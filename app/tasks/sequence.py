@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -10,8 +11,24 @@ from torch import Tensor, nn
 
 from app.errors import InvalidInputError
 from app.model.adapter import ACTIVATIONS
+from app.model.attribution import Explanation
 from app.model.tokenization import Feature, TextEncoder
-from app.tasks.base import Examples, Head, HeadConfig, Task
+from app.tasks.base import (
+    DecodeOptions,
+    Examples,
+    Head,
+    HeadConfig,
+    Prediction,
+    Target,
+    Task,
+)
+
+
+@dataclass(frozen=True)
+class SentenceResult(Prediction):
+    """What the predictions of sentence-level types share: their explanation, when asked for."""
+
+    explanation: Explanation | None = field(default=None, kw_only=True)
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, mode: str) -> Tensor:
@@ -47,6 +64,9 @@ class SequenceHead(Head):
             x = self.act(self.dense(self.dropout(x)))
         out: Tensor = self.out(self.dropout(x))
         return out
+
+    def attributed(self, output: Tensor, target: Target) -> Tensor:  # (S, L) or (S,) -> (S,)
+        return output if output.dim() == 1 else output[:, target.label]
 
 
 def check_text_rows(rows: list[Any], what: str, max_chars: int, target: str = "label"
@@ -86,3 +106,27 @@ class SequenceTask(Task):
     def encode(self, tokenizer: TextEncoder, examples: Examples, max_length: int,
                stride: int) -> tuple[list[Feature], list[Any]]:
         return tokenizer.encode(examples.texts, examples.pairs, max_length), examples.targets
+
+    @abstractmethod
+    def target(self, prediction: Prediction, labels: list[str], label: str | None) -> Target:
+        """The output of one prediction that an explanation attributes."""
+
+    def explain_targets(self, features: list[Feature], rows: list[Prediction], wanted: list[bool],
+                        labels: list[str], label: str | None, options: DecodeOptions
+                        ) -> list[list[Target]]:
+        return [[self.target(row, labels, label)] if want else []
+                for row, want in zip(rows, wanted, strict=True)]
+
+    def explained(self, predictions: list[Prediction], features: list[Feature],
+                  explanations: list[list[Explanation]]) -> list[Prediction]:
+        out: list[Prediction] = []
+        for p, found in zip(predictions, explanations, strict=True):
+            assert isinstance(p, SentenceResult)
+            out.append(replace(p, explanation=found[0]) if found else p)
+        return out
+
+
+def label_target(scores: dict[str, float], labels: list[str], label: str | None) -> Target:
+    """A label's output: `label` when given, else the most probable (the predicted) label."""
+    name = label if label is not None else max(scores, key=scores.__getitem__)
+    return Target(label=labels.index(name), name=name)

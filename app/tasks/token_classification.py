@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from app.errors import InvalidInputError
 from app.model.adapter import ACTIVATIONS
+from app.model.attribution import Explanation
 from app.model.tokenization import Feature, TextEncoder
 from app.tasks.base import (
     DecodeOptions,
@@ -19,6 +20,7 @@ from app.tasks.base import (
     Head,
     HeadConfig,
     Prediction,
+    Target,
     Task,
     TaskDefaults,
     TextInput,
@@ -35,6 +37,9 @@ class Entity:
     start: int  # character offsets into the input text
     end: int
     score: float  # mean probability of the entity's word tags
+    # (first token of each word, its tag's index): what the score reads, and an explanation
+    cells: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False, kw_only=True)
+    explanation: Explanation | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -111,18 +116,25 @@ class TokenClassificationHead(Head):
         words = word_spans(feature)
         tags: list[str] = []
         scores: list[float] = []
+        picked: list[int] = []
         if words:
             best = output[[first for first, _, _ in words]].max(-1)  # over (W, L)
-            tags = [self.config.labels[i] for i in best.indices.tolist()]
+            picked = best.indices.tolist()
+            tags = [self.config.labels[i] for i in picked]
             scores = best.values.tolist()
         text = feature.text
         entities = [Entity(text[words[a][1]:words[b][2]], kind, words[a][1], words[b][2],
-                           sum(scores[a:b + 1]) / (b - a + 1))
+                           sum(scores[a:b + 1]) / (b - a + 1),
+                           cells=tuple((words[j][0], picked[j]) for j in range(a, b + 1)))
                     for kind, a, b in bio_spans(tags)]
         tokens = [TaggedToken(text[s:e], t, s, e, p)
                   for (_, s, e), t, p in zip(words, tags, scores, strict=True)
                   ] if options.return_tokens else None
         return EntitiesResult(entities, tokens)
+
+    def attributed(self, output: Tensor, target: Target) -> Tensor:  # (S, T, L) -> (S,)
+        """An entity's score: the mean probability of its words' tags."""
+        return torch.stack([output[:, t, c] for t, c in target.cells], 1).mean(1)
 
 
 def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
@@ -290,6 +302,25 @@ class TokenClassification(Task):
                            (texts, tokenizer.encode([inputs[n].text for n in texts]))):
             by_input.update(zip(idx, feats, strict=True))
         return [by_input[n] for n in range(len(inputs))]
+
+    def explain_targets(self, features: list[Feature], rows: list[Prediction], wanted: list[bool],
+                        labels: list[str], label: str | None, options: DecodeOptions
+                        ) -> list[list[Target]]:
+        """Each entity of an explained input: which words made it."""
+        out: list[list[Target]] = []
+        for row, want in zip(rows, wanted, strict=True):
+            assert isinstance(row, EntitiesResult)
+            out.append([Target(cells=e.cells, name=e.label) for e in row.entities] if want else [])
+        return out
+
+    def explained(self, predictions: list[Prediction], features: list[Feature],
+                  explanations: list[list[Explanation]]) -> list[Prediction]:
+        out: list[Prediction] = []
+        for p, found in zip(predictions, explanations, strict=True):
+            assert isinstance(p, EntitiesResult)
+            out.append(replace(p, entities=[replace(e, explanation=x) for e, x in
+                                            zip(p.entities, found, strict=True)]) if found else p)
+        return out
 
 
 TASK = TokenClassification()

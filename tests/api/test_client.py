@@ -55,6 +55,9 @@ def test_read_methods(url: str) -> None:
         answer = c.predict("sentiment", ["a fine film", "dull"], version=1)
         assert answer.version == 1 and len(answer.predictions) == 2
         assert c.predict("sentiment", "one text").version == 2
+        explained = c.predict("sentiment", ["a fine film"], explain=True, explain_steps=4)
+        assert [w.text for w in explained.predictions[0].attributions] == ["a", "fine", "film"]
+        assert explained.predictions[0].explanation.steps == 4
         assert {"value"} <= set(c.predict("similarity", [{"text": "a", "text_pair": "b"}])
                                  .predictions[0].model_dump())
         page = c.adapters(limit=1)

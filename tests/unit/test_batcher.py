@@ -171,3 +171,70 @@ def test_full_queue_is_refused_with_retry_after() -> None:
         await b.stop()
 
     run(main())
+
+
+def _lanes_batcher(limits: BatchLimits, calls: list, gate: ModelGate | None = None
+                   ) -> Batcher[tuple[str, int, int]]:
+    """Rows are (name, tokens, width); heavy rows stand for `width` forward rows each."""
+
+    def process(rows: list[tuple[str, int, int]]) -> list[str]:
+        calls.append([name for name, _, _ in rows])
+        if gate is not None:
+            gate.hold()
+        return [name for name, _, _ in rows]
+
+    return Batcher(process, lambda row: row[1], limits, width_of=lambda row: row[2])
+
+
+def test_a_heavy_pass_holds_rows_while_longest_times_widths_fits_its_budget() -> None:
+    async def main() -> None:
+        calls: list = []
+        b = _lanes_batcher(BatchLimits(max_batch_tokens=1000, heavy_batch_tokens=100, wait_s=0),
+                           calls)
+        await b.start()
+        rows = [(f"h{i}", 10, 4) for i in range(5)] + [("wide", 30, 5), ("h5", 5, 1)]
+        assert await b.submit(rows, heavy=True) == [name for name, _, _ in rows]
+        # 2 x 40 tokens fit 100; "wide" (150) runs alone; h5 after it would make 30 x 6
+        assert calls == [["h0", "h1"], ["h2", "h3"], ["h4"], ["wide"], ["h5"]]
+        assert b.queued_rows == 0
+        await b.stop()
+
+    run(main())
+
+
+def test_a_plain_row_waits_for_one_heavy_pass_at_most() -> None:
+    async def main() -> None:
+        calls: list = []
+        gate = ModelGate()
+        b = _lanes_batcher(BatchLimits(heavy_batch_tokens=20, wait_s=0), calls, gate)
+        await b.start()
+        heavy = asyncio.create_task(b.submit([(f"h{i}", 10, 2) for i in range(4)], heavy=True))
+        await gate.entered()  # the first heavy pass is in the model, three wait
+        plain = asyncio.create_task(b.submit([("p0", 5, 1), ("p1", 5, 1)]))
+        await until(lambda: b.queued_rows == 5, "the plain rows are queued")
+        gate.open()
+        assert await plain == ["p0", "p1"] and await heavy == ["h0", "h1", "h2", "h3"]
+        assert calls == [["h0"], ["p0", "p1"], ["h1"], ["h2"], ["h3"]]
+        await b.stop()
+
+    run(main())
+
+
+def test_heavy_rows_get_a_pass_after_each_round_of_plain_batches() -> None:
+    async def main() -> None:
+        calls: list = []
+        gate = ModelGate()
+        b = _lanes_batcher(BatchLimits(max_batch_size=2, wait_s=0), calls, gate)
+        await b.start()
+        first = asyncio.create_task(b.submit([("p0", 5, 1), ("p1", 5, 1)]))
+        await gate.entered()
+        heavy = asyncio.create_task(b.submit([("h0", 5, 3)], heavy=True))
+        busy = asyncio.create_task(b.submit([(f"q{i}", 5, 1) for i in range(20)]))
+        await until(lambda: b.queued_rows == 21, "the heavy row and 20 plain rows are queued")
+        gate.open()
+        await asyncio.gather(first, heavy, busy)
+        assert calls[:2] == [["p0", "p1"], ["h0"]]  # not behind the 20 plain rows
+        assert sorted(n for c in calls[2:] for n in c) == sorted(f"q{i}" for i in range(20))
+        await b.stop()
+
+    run(main())

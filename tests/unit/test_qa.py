@@ -51,7 +51,7 @@ def test_long_context_windows_and_answer_positions(encoder: FrozenEncoder) -> No
     for f, (s, e) in found:  # ... and its tokens point back at it
         assert f.text[f.offsets[s][0]:f.offsets[e][1]] == "john"
     # windows overlap: every context token is in some window
-    covered = {f.offsets[i] for f in features for i, w in enumerate(f.word_ids) if w is not None}
+    covered = {f.offsets[i] for f in features for i, s in enumerate(f.sequence_ids) if s == 1}
     assert len(covered) == len(encoder.tokenizer.encode([context])[0]) - 2
 
 
@@ -61,7 +61,7 @@ def test_decode_picks_the_best_valid_span_and_merge_the_best_window(encoder: Fro
     (f,) = encoder.tokenizer.encode_qa(["who ?"], ["mary visited paris today"], 8)
     n = len(f)
     logits = torch.full((n, 2), -5.0)
-    ctx = [i for i, w in enumerate(f.word_ids) if w is not None]
+    ctx = [i for i, s in enumerate(f.sequence_ids) if s == 1]
     logits[ctx[2], 0], logits[ctx[2], 1] = 5.0, 5.0  # "paris"
     logits[1, 0] = 9.0  # a question token: never an answer
     out = head.decode(logits, f, DecodeOptions())

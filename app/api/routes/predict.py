@@ -20,5 +20,5 @@ async def predict(task: str, body: PredictRequest, request: Request, services: S
                   ) -> PredictResponse:
     """Run the inputs through the shared base with the task's adapter and head."""
     version, predictions = await cancel_on_disconnect(request, services.predictor.predict(
-        task, body.text_inputs(), body.version, body.options()))
+        task, body.text_inputs(), body.version, body.options(), body.explain_options()))
     return PredictResponse.of(task, version, predictions)
