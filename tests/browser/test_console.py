@@ -154,9 +154,16 @@ def test_each_task_type_draws_its_answer(
     page = console.open("/ui/try/probe")
     for field, text in inputs.items():
         page.fill(f"textarea[name={field}]", text)
+    page.check("input[name=explain]")
     page.click("main button[type=submit]")
     page.wait_for_selector(expect)
     assert "Answered by probe v1" in page.inner_text(".output .meta")
+    # The words shaded by their attributions: every word of every text the answer drew on
+    # (for NER, per entity: the first entity's).
+    shown = page.locator(".words").first.locator(".word").all_inner_texts()
+    if task_type != "token_classification":
+        shown = page.locator(".words .word").all_inner_texts()
+    assert "".join(shown) == "".join(inputs.values()).replace(" ", "")
     if task_type == "token_classification":  # each highlighted word is a word of the input
         marks = page.locator("mark.span").all_inner_texts()
         assert [m.replace("PER", "").strip() for m in marks] == "Ada met Grace in London".split()

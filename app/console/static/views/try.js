@@ -15,12 +15,14 @@ export async function tryPage(page, { params: [name], query, signal }) {
   const form = h("form", { class: "try", onsubmit: async (event) => {
     event.preventDefault();
     const fields = Object.fromEntries(new FormData(form));
+    const explain = fields.explain === "on";
+    delete fields.explain;
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     const started = performance.now();
     try {
       const answer = await api(`/predict/${name}`, { method: "POST",
-        json: { inputs: [task.request(fields)], version: a.version } });
+        json: { inputs: [task.request(fields)], version: a.version, explain } });
       const ms = performance.now() - started;
       output.replaceChildren(...task.show(answer.predictions[0], fields),
         h("p", { class: "muted meta" }, `Answered by ${name} v${answer.version} in ${ms.toFixed(0)} ms`));
@@ -29,7 +31,9 @@ export async function tryPage(page, { params: [name], query, signal }) {
     } finally {
       button.disabled = false;
     }
-  } }, task.inputs(), h("div", { class: "actions" }, h("button", { type: "submit" }, "Predict")));
+  } }, task.inputs(), h("div", { class: "actions" }, h("button", { type: "submit" }, "Predict"),
+    h("label", { class: "check", title: "Integrated gradients: slower, one pass per 16 steps" },
+      h("input", { type: "checkbox", name: "explain" }), " Explain (shade the words that drove it)")));
   page.append(
     h("div", { class: "page-head" }, h("h1", {}, "Try ", link(`/ui/adapters/${name}`, name), " ", versions),
       h("span", { class: "muted" }, task.title, a.labels.length ? ` · ${a.labels.join(", ")}` : "")),
