@@ -62,6 +62,13 @@ def test_a_missing_console_file_is_a_404(client: TestClient, path: str) -> None:
         "message"]
 
 
+def test_the_page_says_whether_keys_are_wanted(client: TestClient, settings: Settings) -> None:
+    assert 'data-keys="off"' in client.get("/").text
+    with TestClient(create_app(settings.model_copy(update={"api_keys": "k:predict"}))) as c:
+        page = c.get("/ui/jobs").text
+        assert 'data-keys="required"' in page and "k:predict" not in page
+
+
 def test_whoami_without_keys_is_admin(client: TestClient) -> None:
     assert client.get("/whoami").json() == {"keys_required": False, "scope": "admin"}
 

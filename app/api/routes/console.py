@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from functools import cache
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app import __version__
+from app.api.auth import KeyRing
 from app.console import INDEX_FILE, assets, shared_modules
 from app.errors import NotFoundError
 
@@ -51,9 +52,13 @@ async def console_file(path: str) -> Response:
 @router.get("/", response_class=HTMLResponse)
 @router.get("/ui", response_class=HTMLResponse)
 @router.get("/ui/{path:path}", response_class=HTMLResponse)
-def console_page(path: str = "") -> HTMLResponse:
-    """The console's one page; it draws the view its URL names (adapters, train, jobs, ...)."""
+def console_page(request: Request, path: str = "") -> HTMLResponse:
+    """The console's one page; it draws the view its URL names (adapters, train, jobs, ...).
+    It says whether the service wants keys (not which), so that a service without keys answers
+    the first view with one call less."""
     if path.startswith("static/"):  # a file of another release: a 404, not the page as script
         raise NotFoundError(f"the console has no file {path.removeprefix('static/')!r} (this "
                             f"release serves {STATIC_PATH}/)")
-    return HTMLResponse(_page(), headers=PAGE_HEADERS)
+    keys: KeyRing | None = getattr(request.app.state, "keys", None)
+    required = "off" if keys is not None and not keys.enabled else "required"
+    return HTMLResponse(_page().replace("{{keys}}", required), headers=PAGE_HEADERS)
