@@ -12,8 +12,20 @@ from app.errors import StoreUnavailableError
 Opener = Callable[[str, Path], Store]  # (ADAPTERS_DIR, ADAPTER_CACHE_DIR) -> the store
 
 
+def _s3(location: str, cache_dir: Path) -> Store:
+    try:  # boto3 is an extra: imported only by a service whose store is on S3
+        from app.adapters.s3.store import S3Store
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("boto3", "botocore"):
+            raise
+        raise StoreUnavailableError(
+            f"ADAPTERS_DIR={location} needs boto3, which is not installed: "
+            f"pip install 'adapter-serve[s3]'") from exc
+    return S3Store(location, cache_dir)
+
+
 # URL scheme -> backend; a location without "://" is a local directory.
-BACKENDS: dict[str, Opener] = {}
+BACKENDS: dict[str, Opener] = {"s3": _s3}
 
 
 def open_store(location: str, cache_dir: Path) -> Store:
