@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from app.adapters.store import AdapterStore, validate_name
+    from app.adapters.backends import open_store
+    from app.adapters.storage import validate_name
     from app.client.progress import display
     from app.errors import ServiceError
     from app.model.encoder import FrozenEncoder
@@ -55,11 +56,11 @@ def _train(args: argparse.Namespace) -> int:
         encoder = FrozenEncoder.load(settings.base_model, settings.device, "float32",
                                      settings.max_seq_length)
         epochs = config.resolved(args.task_type).epochs
+        store = open_store(settings.adapters_dir, settings.adapter_cache_path)
         show = display(lines=True)  # a bar on a terminal, a line per epoch otherwise
         try:
             stored, result = train_and_store(
-                encoder, AdapterStore(settings.adapters_dir), args.name, data, config,
-                args.description,
+                encoder, store, args.name, data, config, args.description,
                 on_progress=lambda p: show.step(p.epoch, p.epochs, p.step, p.total_steps, p.loss),
                 on_epoch=lambda r: show.epoch(r, epochs))
         finally:
@@ -74,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
                       "best_epoch": result.best_epoch, "metrics": result.best_metrics,
                       "train_seconds": round(result.train_seconds, 1),
                       "examples_per_second": round(result.examples_per_second, 1),
-                      "path": str(settings.adapters_dir / stored.name / f"v{stored.version}")}))
+                      "path": store.where(stored.name, stored.version)}))
     return 0
 
 
@@ -87,7 +88,8 @@ def _import(args: argparse.Namespace) -> int:
 
     from app.adapters import interop
     from app.adapters.archive import archive_kind, unpack
-    from app.adapters.store import AdapterStore, validate_name
+    from app.adapters.backends import open_store
+    from app.adapters.storage import validate_name
     from app.errors import ServiceError
     from app.model.encoder import FrozenEncoder
 
@@ -108,7 +110,8 @@ def _import(args: argparse.Namespace) -> int:
                 data = raw if kind is None else interop.to_file(
                     args.name, unpack(raw, kind, Path(tmp), settings.max_adapter_bytes), base,
                     settings.strict_base)
-        stored = AdapterStore(settings.adapters_dir).import_bytes(args.name, data, encoder.info)
+        store = open_store(settings.adapters_dir, settings.adapter_cache_path)
+        stored = store.import_bytes(args.name, data, encoder.info)
     except ServiceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -31,7 +32,14 @@ class Settings(BaseSettings):
     )
 
     # --- adapter store and registry ---------------------------------------------------------
-    adapters_dir: Path = Field(Path("adapters_store"), description="Where adapter versions live.")
+    adapters_dir: str = Field(
+        "adapters_store", description="Where adapter versions live: a local directory, or "
+        "s3://bucket/prefix on S3-compatible object storage (the endpoint and credentials from "
+        "the standard AWS variables).")
+    adapter_cache_dir: Path | None = Field(
+        None, description="With an object store: where this node keeps its verified copies of "
+        "the adapters it loaded and its index of the store. Unset: adapter-serve under "
+        "XDG_CACHE_HOME (~/.cache).")
     device_adapter_bytes: int | None = Field(
         None, ge=0, description="Bytes of adapters (bank slots and heads) kept on the device; "
         "least recently used are evicted. Unset: on a GPU a quarter of its free memory after the "
@@ -101,7 +109,8 @@ class Settings(BaseSettings):
 
     # --- training ---------------------------------------------------------------------------
     jobs_db: Path | None = Field(None, description="SQLite file of training jobs; default "
-                                 "ADAPTERS_DIR/.jobs.sqlite3.")
+                                 "ADAPTERS_DIR/.jobs.sqlite3 (with an object store, in "
+                                 "ADAPTER_CACHE_DIR).")
     training_concurrency: int = Field(1, ge=1, description="Training jobs run at once.")
     train_threads: int = Field(0, ge=0, description="torch threads of a training worker; 0 = all cores.")
     train_nice: int = Field(10, ge=0, le=19, description="Scheduling niceness of training workers, "
@@ -143,13 +152,28 @@ class Settings(BaseSettings):
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
-    def jobs_db_path(self) -> Path:
-        return self.jobs_db or self.adapters_dir / ".jobs.sqlite3"
+    def adapter_cache_path(self) -> Path:
+        """ADAPTER_CACHE_DIR, or its default."""
+        if self.adapter_cache_dir is not None:
+            return self.adapter_cache_dir
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adapter-serve"
 
-    @field_validator("api_keys_file", "jobs_db", "explain_batch_tokens", mode="before")
+    @property
+    def jobs_db_path(self) -> Path:
+        local = (self.adapter_cache_path if "://" in self.adapters_dir  # an object store's URL
+                 else Path(self.adapters_dir))
+        return self.jobs_db or local / ".jobs.sqlite3"
+
+    @field_validator("api_keys_file", "jobs_db", "explain_batch_tokens", "adapter_cache_dir",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # `VAR=` in compose or a .env file means unset
+
+    @field_validator("adapters_dir", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value  # Path(...) works too
 
     @field_validator("device")
     @classmethod

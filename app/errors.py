@@ -74,6 +74,12 @@ class StoreWriteError(ServiceError):
     code = "store_write_failed"
 
 
+class StoreUnavailableError(ServiceError):
+    """The adapter store cannot be reached (an object store's endpoint or bucket): retry later."""
+
+    code = "store_unavailable"
+
+
 class NotReadyError(ServiceError):
     code = "not_ready"
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import torch
 
 from app import memory
+from app.adapters.backends import open_store
 from app.adapters.registry import AdapterRegistry
 from app.adapters.service import AdapterService
-from app.adapters.store import AdapterStore
+from app.adapters.storage import Store
 from app.adapters.tiers import TierBudgets
 from app.config import Settings
 from app.model.encoder import FrozenEncoder
@@ -34,7 +35,7 @@ GC_FREEZE_CHECK_S = 10.0  # how often the adapters held are checked for having s
 class Services:
     settings: Settings
     encoder: FrozenEncoder
-    store: AdapterStore
+    store: Store
     registry: AdapterRegistry
     adapters: AdapterService
     batcher: Batcher[Row]
@@ -47,8 +48,8 @@ class Services:
         torch.set_num_threads(settings.num_threads or os.cpu_count() or 1)
         encoder = FrozenEncoder.load(settings.base_model, settings.device, settings.dtype,
                                      settings.max_seq_length)
-        store = AdapterStore(settings.adapters_dir)
-        store.check_readable()
+        store = open_store(settings.adapters_dir, settings.adapter_cache_path)
+        store.open()  # an unreachable store stops the start here, naming it
         store.clean_stale()
         registry = AdapterRegistry(store, encoder, tier_budgets(settings, encoder.device))
         registry.refresh(rescan=True)  # what changed while no server ran; preloads start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -78,3 +79,25 @@ def store(settings: Settings) -> AdapterStore:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3-compatible server (moto) for the session; boto3 finds it through
+    AWS_ENDPOINT_URL, as it would find MinIO."""
+    from tests import s3  # boto3 and moto are imported by the tests that use them only
+
+    with pytest.MonkeyPatch.context() as env, s3.serve() as endpoint:
+        for name, value in {**s3.ENVIRONMENT, "AWS_ENDPOINT_URL": endpoint}.items():
+            env.setenv(name, value)
+        yield endpoint
+
+
+@pytest.fixture
+def s3_url(s3_endpoint: str) -> str:
+    """ADAPTERS_DIR of a store in a new, empty bucket."""
+    from tests import s3
+
+    bucket = f"adapters-{uuid.uuid4().hex[:12]}"
+    s3.make_bucket(bucket)
+    return f"s3://{bucket}/store"

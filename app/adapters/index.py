@@ -24,12 +24,12 @@ import logging
 import os
 import sqlite3
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from app.adapters import index_sql as sql
 from app.constants import INDEX_FILE, INDEX_FORMAT
 
 log = logging.getLogger(__name__)
@@ -38,21 +38,6 @@ Key = tuple[str, int]
 Stamp = tuple[int, int]  # (mtime_ns, size) of a version's weights: changes when they are replaced
 T = TypeVar("T")
 
-KEEP_CHANGES = 10_000  # change log entries kept; a poller further behind reads everything
-CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (not in the type stubs)
-SCHEMA = """
-DROP TABLE IF EXISTS versions;
-DROP TABLE IF EXISTS changes;
-DROP TABLE IF EXISTS meta;
-CREATE TABLE versions (
-    name TEXT NOT NULL, version INTEGER NOT NULL, task_type TEXT NOT NULL, labels TEXT NOT NULL,
-    created_at TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, metrics TEXT NOT NULL, PRIMARY KEY (name, version)) WITHOUT ROWID;
-CREATE TABLE changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
-    mtime_ns INTEGER, size INTEGER);  -- NULL stamp: the version was removed
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
 
 
 @dataclass(frozen=True)
@@ -123,9 +108,14 @@ class IndexSource(Protocol):
 
 
 class StoreIndex:
-    """`root/.index.sqlite3`: the versions, and a change log (see the module docstring)."""
+    """`root/.index.sqlite3`: the versions, and a change log (see the module docstring).
 
-    def __init__(self, root: Path, source: IndexSource) -> None:
+    Without a `source`, the index mirrors a store whose truth is elsewhere (an object store):
+    its owner reads that store and hands the index what it found (`mirror`); a new or rebuilt
+    mirror starts empty, at no position, which tells its owner to read everything.
+    """
+
+    def __init__(self, root: Path, source: IndexSource | None) -> None:
         self.path = Path(root) / INDEX_FILE
         self._source = source
         self._lock = threading.RLock()  # one connection, shared by this process's threads
@@ -155,6 +145,37 @@ class StoreIndex:
         """Bring the index in line with the files; returns how many versions it corrected."""
         return self._run(lambda db: 0 if self._built_now else self._reconcile(db))
 
+    # ------------------------------------------------------------------------------ mirrors
+    def mirror(self, rows: dict[Key, IndexRow | None], position: int | None,
+               listed: set[Key] | None = None) -> dict[Key, str | None]:
+        """Set each key's row as its owner read it (None: the version is gone); with `listed`,
+        the keys of a full listing, remove every other key too. `position`: how far the owner
+        has read its store's change log (None: unchanged). Returns the keys changed, each with
+        the checksum it had (None: it was new)."""
+        def apply(db: sqlite3.Connection) -> dict[Key, str | None]:
+            with sql.transaction(db):
+                before = {k: sql.sha256(db, k) for k in set(rows) | (
+                    sql.stamps(db).keys() - listed if listed is not None else set())}
+                changed = {k: sha for k, sha in before.items() if _set(db, k, rows.get(k))}
+                if position is not None:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('position', ?)",
+                               (str(position),))
+            return changed
+        return self._run(apply)
+
+    def position(self) -> int | None:
+        """How far the owner of a mirror has read its store's change log; None: not yet."""
+        found = self._run(lambda db: sql.meta(db, "position"))
+        return None if found is None else int(found)
+
+    def stamps(self) -> dict[Key, Stamp]:
+        """Every indexed version and its stamp."""
+        return self._run(sql.stamps)
+
+    def sha256(self, key: Key) -> str | None:
+        """The checksum of an indexed version's weights; None when it is not indexed."""
+        return self._run(lambda db: sql.sha256(db, key))
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -168,7 +189,7 @@ class StoreIndex:
             try:
                 return op(self._db())
             except sqlite3.DatabaseError as exc:
-                if getattr(exc, "sqlite_errorcode", None) not in CORRUPT:
+                if getattr(exc, "sqlite_errorcode", None) not in sql.CORRUPT:
                     raise
                 log.warning("store index %s is corrupt (%s): rebuilding it from the files",
                             self.path, exc)
@@ -177,19 +198,19 @@ class StoreIndex:
 
     def _db(self) -> sqlite3.Connection:
         """The open index; reopened when another process replaced the file, filled when new."""
-        if self._conn is not None and _file_id(self.path) == self._file_id:
+        if self._conn is not None and sql.file_id(self.path) == self._file_id:
             return self._conn
         self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                check_same_thread=False)
-        self._file_id = _file_id(self.path)  # what _discard removes if this one is corrupt
+        self._file_id = sql.file_id(self.path)  # what _discard removes if this one is corrupt
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # the files are durable; this is derived
             if conn.execute("PRAGMA user_version").fetchone()[0] != INDEX_FORMAT:
-                _create(conn)
-            if _meta(conn, "complete") != "1":
+                sql.create(conn)
+            if self._source is not None and sql.meta(conn, "complete") != "1":
                 log.info("building the store index %s from the files", self.path)
                 self._reconcile(conn)
                 self._built_now = True
@@ -205,19 +226,22 @@ class StoreIndex:
         self.close()
         with open(self.path.with_name(INDEX_FILE + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            if seen is not None and _file_id(self.path) != seen:
+            if seen is not None and sql.file_id(self.path) != seen:
                 return
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{self.path}{suffix}")
 
     def _reconcile(self, db: sqlite3.Connection) -> int:
-        on_disk = self._source.snapshot()
-        indexed = _stamps(db)
+        source = self._source
+        if source is None:  # a mirror: its owner corrects it
+            return 0
+        on_disk = source.snapshot()
+        indexed = sql.stamps(db)
         suspects = {k for k, s in on_disk.items() if indexed.get(k) != s} | (
             indexed.keys() - on_disk.keys())
         # Read before taking the write lock, so other processes' writers are not held up.
-        read = {k: self._source.index_row(k) for k in suspects if k in on_disk}
+        read = {k: source.index_row(k) for k in suspects if k in on_disk}
         fixed = self._correct_all(db, {k: read.get(k) for k in suspects})
         db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
         if fixed:
@@ -230,96 +254,42 @@ class StoreIndex:
         Checked again here because the caller looked earlier: a delete and a save of the same
         number, or a rescan and a writer in another process, may have overtaken it meanwhile.
         """
-        with _transaction(db):
+        with sql.transaction(db):
             return sum(self._correct(db, key, rows[key]) for key in sorted(rows))
 
     def _correct(self, db: sqlite3.Connection, key: Key, row: IndexRow | None) -> int:
-        stamp = self._source.stamp_of(key)  # now, not when the scan saw it
-        current = _stamp(db, key)
+        source = self._source
+        assert source is not None  # put, remove and rescan: for an index of files
+        stamp = source.stamp_of(key)  # now, not when the scan saw it
         if stamp is None:
-            return _delete(db, key)
+            return sql.delete(db, key)
         if row is None or row.stamp != stamp:
-            row = self._source.index_row(key)  # written or replaced since the scan read it
-        if row is None or row.stamp == current:
-            return 0
-        _upsert(db, row)
-        return 1
+            row = source.index_row(key)  # written or replaced since the scan read it
+        return int(row is not None and _set(db, key, row))
 
 
 # ---------------------------------------------------------------------------- SQL helpers
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")  # the write lock now, so what is read next stays true
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def _create(db: sqlite3.Connection) -> None:
-    """A new, empty index of this format, with a new epoch (pollers will read everything)."""
-    with _transaction(db):
-        if db.execute("PRAGMA user_version").fetchone()[0] == INDEX_FORMAT:
-            return  # another process created it meanwhile
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute("INSERT INTO meta VALUES ('epoch', ?), ('complete', '0')",
-                   (uuid.uuid4().hex,))
-        db.execute(f"PRAGMA user_version = {INDEX_FORMAT}")
-
-
-def _meta(db: sqlite3.Connection, key: str) -> str | None:
-    found = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if found is None else str(found[0])
-
-
 def _upsert(db: sqlite3.Connection, row: IndexRow) -> None:
     db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (row.name, row.version, row.task_type, json.dumps(list(row.labels)),
                 row.created_at, row.sha256, row.size, row.mtime_ns, row.metrics))
-    _log_change(db, row.key, row.stamp)
+    sql.log_change(db, row.key, row.stamp)
 
 
-def _delete(db: sqlite3.Connection, key: Key) -> int:
-    if db.execute("DELETE FROM versions WHERE name = ? AND version = ?", key).rowcount == 0:
-        return 0
-    _log_change(db, key, None)
-    return 1
-
-
-def _log_change(db: sqlite3.Connection, key: Key, stamp: Stamp | None) -> None:
-    mtime_ns, size = stamp or (None, None)
-    seq = db.execute("INSERT INTO changes (name, version, mtime_ns, size) VALUES (?, ?, ?, ?)",
-                     (*key, mtime_ns, size)).lastrowid
-    db.execute("DELETE FROM changes WHERE seq <= ?", ((seq or 0) - KEEP_CHANGES,))
-
-
-def _stamp(db: sqlite3.Connection, key: Key) -> Stamp | None:
-    found = db.execute("SELECT mtime_ns, size FROM versions WHERE name = ? AND version = ?",
-                       key).fetchone()
-    return None if found is None else (found[0], found[1])
-
-
-def _stamps(db: sqlite3.Connection) -> dict[Key, Stamp]:
-    return {(n, v): (m, s) for n, v, m, s in
-            db.execute("SELECT name, version, mtime_ns, size FROM versions")}
+def _set(db: sqlite3.Connection, key: Key, row: IndexRow | None) -> bool:
+    """Make key's row `row` (None: no row); whether that changed it."""
+    if row is None:
+        return bool(sql.delete(db, key))
+    if sql.stamp(db, key) == row.stamp:
+        return False
+    _upsert(db, row)
+    return True
 
 
 def _changes_since(db: sqlite3.Connection, since: Generation) -> Changes:
     db.execute("BEGIN")  # one snapshot: the epoch, the log and (when needed) every version
     try:
-        epoch = _meta(db, "epoch") or ""
+        epoch = sql.meta(db, "epoch") or ""
         if epoch == since.epoch:
             found = db.execute("SELECT seq, name, version, mtime_ns, size FROM changes "
                                "WHERE seq > ? ORDER BY seq", (since.seq,)).fetchall()
@@ -328,7 +298,7 @@ def _changes_since(db: sqlite3.Connection, since: Generation) -> Changes:
                 stamps = {(n, v): (None if m is None else (m, s)) for _, n, v, m, s in found}
                 return Changes(Generation(epoch, seq), stamps, complete=False)
         last = db.execute("SELECT max(seq) FROM changes").fetchone()[0] or 0
-        return Changes(Generation(epoch, last), dict(_stamps(db)), complete=True)
+        return Changes(Generation(epoch, last), dict(sql.stamps(db)), complete=True)
     finally:
         db.execute("COMMIT")
 

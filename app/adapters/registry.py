@@ -19,7 +19,7 @@ from app import metrics
 from app.adapters.format import AdapterMetadata
 from app.adapters.index import Key
 from app.adapters.loader import AdapterLoader
-from app.adapters.store import AdapterStore
+from app.adapters.storage import Store
 from app.adapters.tiers import HostAdapter, HostTier, Tier, TierBudgets, TierStats
 from app.adapters.versions import StoredVersions
 from app.errors import AdapterNotFoundError
@@ -66,7 +66,7 @@ class AdapterRegistry:
     and removal only free unpinned adapters, so a request that started never loses its adapter.
     """
 
-    def __init__(self, store: AdapterStore, encoder: FrozenEncoder, budgets: TierBudgets) -> None:
+    def __init__(self, store: Store, encoder: FrozenEncoder, budgets: TierBudgets) -> None:
         self.store = store
         self.encoder = encoder
         self.budgets = budgets

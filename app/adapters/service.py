@@ -12,7 +12,7 @@ from app.adapters.archive import archive_kind, pack_zip, unpack
 from app.adapters.format import AdapterMetadata
 from app.adapters.index import NameSummary
 from app.adapters.registry import AdapterRegistry
-from app.adapters.store import AdapterStore
+from app.adapters.storage import Store
 from app.adapters.tiers import Tier
 from app.errors import PayloadTooLargeError
 
@@ -34,7 +34,7 @@ class AdapterPage:
 
 
 class AdapterService:
-    def __init__(self, store: AdapterStore, registry: AdapterRegistry, max_bytes: int,
+    def __init__(self, store: Store, registry: AdapterRegistry, max_bytes: int,
                  strict_base: bool = False) -> None:
         self.store = store
         self.registry = registry

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -14,43 +13,19 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-
-from torch import Tensor
 
 from app.adapters import format as fmt
 from app.adapters.dirs import TMP_PREFIX, list_dir, remove_if_abandoned, versions_in
 from app.adapters.format import AdapterMetadata
-from app.adapters.index import Changes, Generation, IndexRow, Key, NameSummary, Stamp, StoreIndex
+from app.adapters.index import IndexRow, Key, Stamp, StoreIndex
+from app.adapters.storage import Encoder, Store, row_of, stamped, validate_name
 from app.constants import METADATA_FILE, NAME_RE, VERSION_DIR_PREFIX, WEIGHTS_FILE
-from app.errors import (
-    AdapterNotFoundError,
-    InvalidAdapterError,
-    InvalidNameError,
-    StoreWriteError,
-)
-from app.model.encoder import BaseModelInfo
+from app.errors import AdapterNotFoundError, InvalidAdapterError, InvalidNameError, StoreWriteError
 
 log = logging.getLogger(__name__)
 
 TRASH_PREFIX = ".deleted-"
-
-
-@dataclass(frozen=True)
-class LoadedAdapter:
-    meta: AdapterMetadata
-    adapter: dict[str, Tensor]  # names as in tensor_shapes()
-    head: dict[str, Tensor]  # head state_dict
-
-
-def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidNameError(
-            f"invalid adapter name {name!r}: use 1-64 characters from a-z, 0-9, '_' and '-', "
-            f"starting with a letter or digit"
-        )
-    return name
 
 
 def _fsync_dir(path: Path) -> None:
@@ -106,8 +81,8 @@ def _is_same_dir(fd: int, path: Path) -> bool:
         return False
 
 
-class AdapterStore:
-    """`root/<name>/v<N>/{adapter.safetensors, adapter.json}`.
+class AdapterStore(Store):
+    """The store in a local directory: `root/<name>/v<N>/{adapter.safetensors, adapter.json}`.
 
     A version becomes visible by renaming a complete temporary directory into place, so a crash
     at any moment leaves either the whole version or none of it. Versions never change after
@@ -115,12 +90,16 @@ class AdapterStore:
     the index (app.adapters.index), which answers listings and pollers without touching the files.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self.location = str(root)
         self._lock = threading.Lock()
         self.index = StoreIndex(self.root, self)
 
     # ------------------------------------------------------------------------------ reading
+    def open(self) -> None:
+        self.check_readable()
+
     def check_readable(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         os.listdir(self.root)
@@ -144,6 +123,9 @@ class AdapterStore:
 
     def weights_path(self, name: str, version: int) -> Path:
         return self._version_dir(name, version) / WEIGHTS_FILE
+
+    def where(self, name: str, version: int) -> str:
+        return str(self._version_dir(name, version))
 
     def stamp(self, name: str, version: int) -> tuple[int, int]:
         """(mtime_ns, size) of a version's weights: changes when the files are replaced."""
@@ -183,19 +165,9 @@ class AdapterStore:
         except InvalidAdapterError as exc:
             log.warning("not indexed: %s", exc.message)
             return None
-        return _row(key, meta, stamp)  # the directory names it, as for every reader
+        return row_of(key, meta, stamp)  # the directory names it, as for every reader
 
     # ---------------------------------------------------------------------------- the index
-    def changes_since(self, generation: Generation) -> Changes:
-        """Versions added, replaced or removed since `generation` (O(changes), from the index)."""
-        return self.index.changes_since(generation)
-
-    def page(self, after: str = "", prefix: str = "", limit: int = 100, contains: str = ""
-             ) -> list[NameSummary]:
-        """Names after `after` that start with `prefix` (and hold `contains`), in order, from
-        the index."""
-        return self.index.page(after, prefix, limit, contains)
-
     def rescan(self) -> int:
         """Correct the index from the files (slow: stats every version); returns the fixes."""
         return self.index.rescan()
@@ -220,27 +192,10 @@ class AdapterStore:
         except FileNotFoundError:
             raise AdapterNotFoundError(f"adapter {name!r} has no version {version}") from None
 
-    def load(self, name: str, version: int, base: BaseModelInfo,
-             meta: AdapterMetadata | None = None) -> LoadedAdapter:
-        """Read and validate one version: checksum, base, tensor names/shapes/dtypes, finiteness.
-        `meta`: its metadata when the caller has read it already."""
-        source = f"adapter {name!r} v{version}"
-        meta = meta or self.metadata(name, version)
-        data = self.weights_bytes(name, version)
-        if fmt.sha256(data) != meta.weights_sha256:
-            raise InvalidAdapterError(
-                f"{source}: checksum mismatch: {WEIGHTS_FILE} is corrupt or was modified "
-                f"(sha256 {fmt.sha256(data)[:12]}, metadata says {meta.weights_sha256[:12]})"
-            )
-        fmt.check_base(meta, base)
-        adapter, head = fmt.split(fmt.decode(data, meta, source))
-        return LoadedAdapter(meta, adapter, head)
+    def _weights(self, name: str, version: int, meta: AdapterMetadata) -> bytes:
+        return self.weights_bytes(name, version)
 
     # ------------------------------------------------------------------------------ writing
-    def save(self, meta: AdapterMetadata, tensors: dict[str, Tensor]) -> AdapterMetadata:
-        """Write a new version of meta.name (the next number); returns the stored metadata."""
-        return self._save(meta, lambda stored: fmt.encode(stored, tensors))
-
     def _save(self, meta: AdapterMetadata, encode: Encoder) -> AdapterMetadata:
         name_dir = self._name_dir(meta.name)
         try:
@@ -252,7 +207,8 @@ class AdapterStore:
                 f"{exc.strerror or exc}; nothing was stored"
             ) from exc
         key = (stored.name, stored.version)
-        self._record(lambda: self.index.put(_row(key, stored, stamp)), f"{key[0]} v{key[1]}")
+        self._record(lambda: self.index.put(row_of(key, stored, stamp)),
+                     f"{key[0]} v{key[1]}")
         return stored
 
     def _commit(self, meta: AdapterMetadata, encode: Encoder, name_dir: Path,
@@ -261,7 +217,7 @@ class AdapterStore:
             version = max(self.versions(meta.name), default=0) + 1
             stored = meta.model_copy(update={"version": version})
             data = encode(stored)
-            stored = stored.model_copy(update={"weights_sha256": fmt.sha256(data)})
+            stored = stamped(stored, data)
             _write_file(tmp / WEIGHTS_FILE, data)
             _write_file(tmp / METADATA_FILE, stored.model_dump_json(indent=2).encode())
             _fsync_dir(tmp)
@@ -277,16 +233,6 @@ class AdapterStore:
                 _fsync_dir(name_dir)
             log.info("stored adapter %s v%d", meta.name, version)
             return stored, (st.st_mtime_ns, st.st_size)
-
-    def import_bytes(self, name: str, data: bytes, base: BaseModelInfo) -> AdapterMetadata:
-        """Store a self-describing adapter file trained elsewhere, validated like a load."""
-        source = f"uploaded adapter for {validate_name(name)!r}"
-        header = fmt.read_header(data, source)
-        meta = fmt.embedded_metadata(header, source)
-        meta = meta.model_copy(update={"name": name, "version": 0, "weights_sha256": ""})
-        fmt.check_base(meta, base)
-        fmt.decode(data, meta, source)  # every check a load makes; the tensors stay as they are
-        return self._save(meta, lambda stored: fmt.with_metadata(data, header, stored, source))
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
         """Remove one version, or all; returns the versions removed."""
@@ -330,11 +276,3 @@ class AdapterStore:
                 elif entry.name.startswith(TMP_PREFIX):
                     remove_if_abandoned(Path(entry.path))
 
-
-Encoder = Callable[[AdapterMetadata], bytes]  # stored metadata -> the weights file's bytes
-
-
-def _row(key: Key, meta: AdapterMetadata, stamp: Stamp) -> IndexRow:
-    return IndexRow(*key, meta.task_type, tuple(meta.labels), meta.created_at,
-                    meta.weights_sha256, size=stamp[1], mtime_ns=stamp[0],
-                    metrics=json.dumps(meta.stored_epoch_metrics))

@@ -8,14 +8,14 @@ import threading
 
 from app.adapters.format import AdapterMetadata
 from app.adapters.index import Changes, Generation, Key, Stamp
-from app.adapters.store import AdapterStore, validate_name
+from app.adapters.storage import Store, validate_name
 from app.errors import AdapterNotFoundError
 
 
 class StoredVersions:
     """Every stored version and its stamp, kept up to date from the store's change log."""
 
-    def __init__(self, store: AdapterStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.Lock()
         self._generation = Generation()  # of the store's index, as far as this one follows

@@ -28,7 +28,8 @@ ERROR_STATUSES = {
     413: "Over a size limit: the body, the number of inputs, a text, the training rows.",
     422: "The request is invalid; `details` lists the fields at fault.",
     429: "The training queue is full.",
-    503: "Overloaded (retry after `Retry-After` seconds), or not ready yet.",
+    503: "Overloaded (retry after `Retry-After` seconds), not ready yet, or the adapter store "
+         "cannot be reached.",
     504: "No answer within REQUEST_TIMEOUT_S.",
     507: "The adapter store or the job database cannot be written (disk full or read-only).",
 }
@@ -67,6 +68,7 @@ HTTP_ANSWERS: dict[type[domain.ServiceError], HttpAnswer] = {
     domain.UnsupportedModelError: HttpAnswer(500),
     domain.OverloadedError: HttpAnswer(503, _retry_after),
     domain.NotReadyError: HttpAnswer(503),
+    domain.StoreUnavailableError: HttpAnswer(503),
     domain.RequestTimeoutError: HttpAnswer(504),
     domain.StoreWriteError: HttpAnswer(507),
 }

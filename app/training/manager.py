@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from app.adapters.format import AdapterMetadata
-from app.adapters.store import AdapterStore, validate_name
+from app.adapters.storage import Store, validate_name
 from app.config import Settings
 from app.errors import InvalidInputError, ServiceError
 from app.training.config import TrainConfig
@@ -57,7 +57,7 @@ def _exit_reason(exitcode: int | None) -> str:
 class JobManager:
     """Runs queued jobs, at most `training_concurrency` at a time, each in its own process."""
 
-    def __init__(self, settings: Settings, store: AdapterStore,
+    def __init__(self, settings: Settings, store: Store,
                  on_stored: Callable[[str, int], object], base: BaseModelInfo | None = None
                  ) -> None:
         self.settings = settings

@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import torch
 
+from app.adapters.backends import open_store
 from app.adapters.format import AdapterMetadata, join, new_metadata
-from app.adapters.store import AdapterStore
+from app.adapters.storage import Store
 from app.config import Settings
 from app.errors import ServiceError
 from app.logs import configure_logging
@@ -33,7 +34,7 @@ REPORT_EVERY_S = 0.5
 CANCELLED_ERROR = "cancelled on request; nothing was stored"
 
 
-def train_and_store(encoder: FrozenEncoder, store: AdapterStore, name: str, data: TrainingData,
+def train_and_store(encoder: FrozenEncoder, store: Store, name: str, data: TrainingData,
                     config: TrainConfig, description: str = "",
                     before_save: Callable[[], None] | None = None, job_id: str | None = None,
                     **callbacks: Any) -> tuple[AdapterMetadata, TrainResult]:
@@ -113,8 +114,10 @@ class WorkerSettings:
     """'auto', 'cpu', 'cuda' or 'cuda:N'."""
     max_seq_length: int
     """Tokens per input after tokenization."""
-    adapters_dir: Path
-    """The adapter store the trained version is saved to."""
+    adapters_dir: str
+    """The adapter store the trained version is saved to (a directory or a URL)."""
+    adapter_cache_path: Path
+    """With an object store: this node's files of it (resolved: never None)."""
 
     @classmethod
     def of(cls, settings: Settings) -> WorkerSettings:
@@ -165,8 +168,9 @@ def run_job(job_id: str, settings: WorkerSettings, parent_pid: int) -> None:
         # Training always runs in float32; the served dtype may be half precision.
         encoder = FrozenEncoder.load(settings.base_model, settings.device, "float32",
                                      settings.max_seq_length)
+        store = open_store(settings.adapters_dir, settings.adapter_cache_path)
         stored, _ = train_and_store(
-            encoder, AdapterStore(settings.adapters_dir), job.name, data, config,
+            encoder, store, job.name, data, config,
             job.spec.get("description", ""), before_save, job_id, on_progress=on_progress,
             on_epoch=lambda r: db.report_epoch(job_id, r, curve.points()), should_stop=should_stop)
         db.finish(job_id, SUCCEEDED, adapter_version=stored.version, result=job_result(stored))

@@ -78,7 +78,7 @@ def _refuses_connections(url: str) -> bool:
 
 
 def _temp_dirs(settings: Settings) -> list[Path]:
-    return list(settings.adapters_dir.glob(f"*/{TMP_PREFIX}*"))
+    return list(Path(settings.adapters_dir).glob(f"*/{TMP_PREFIX}*"))
 
 
 # ------------------------------------------------------------------------ graceful shutdown

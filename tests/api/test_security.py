@@ -112,7 +112,7 @@ def test_malformed_key_lists_are_refused_without_echoing_keys(
 
 
 def test_a_bad_key_list_stops_the_start(settings: Settings) -> None:
-    cfg = settings.model_copy(update={"api_keys_file": settings.adapters_dir / "missing"})
+    cfg = settings.model_copy(update={"api_keys_file": Path(settings.adapters_dir) / "missing"})
     with pytest.raises(KeyConfigError, match="API_KEYS_FILE cannot be read"), \
             TestClient(create_app(cfg)):
         pass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.adapters import index as index_module
+from app.adapters import index_sql
 from app.adapters.index import NameSummary, StoreIndex
 from app.adapters.registry import AdapterRegistry
 from app.adapters.store import AdapterStore
@@ -97,7 +97,7 @@ def test_a_version_another_process_writes_appears_without_a_rescan(
 def test_a_poller_far_behind_reads_everything_once(
         store: AdapterStore, make_adapter: AdapterFactory, encoder: FrozenEncoder,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(index_module, "KEEP_CHANGES", 2)
+    monkeypatch.setattr(index_sql, "KEEP_CHANGES", 2)
     make_adapter(store, "t", seed=1)
     registry = _registry(store, encoder)
     for seed in range(2, 6):

@@ -18,7 +18,7 @@ ADMIN_KEY, PREDICT_KEY, FILE_KEY = "admin-k3y-0f-the-env", "predict-k3y-0f-the-e
 # What run_job reads of its settings: the rest of Settings stays in the API process.
 WORKER_FIELDS = {"log_level", "log_format", "train_nice", "train_threads", "jobs_db_path",
                  "max_train_rows", "max_text_chars", "base_model", "device", "max_seq_length",
-                 "adapters_dir"}
+                 "adapters_dir", "adapter_cache_path"}
 
 
 @pytest.fixture
@@ -67,6 +67,6 @@ def test_worker_settings_hold_what_the_worker_uses(keyed_settings: Settings) -> 
     values = dataclasses.asdict(worker_settings)
     assert set(values) == WORKER_FIELDS
     assert values == {name: getattr(keyed_settings, name) for name in WORKER_FIELDS}
-    assert values["jobs_db_path"] == keyed_settings.adapters_dir / ".jobs.sqlite3"
+    assert values["jobs_db_path"] == Path(keyed_settings.adapters_dir) / ".jobs.sqlite3"
     with pytest.raises(dataclasses.FrozenInstanceError):
         worker_settings.device = "cuda"  # type: ignore[misc]
