@@ -32,7 +32,9 @@ def _chromium() -> str | None:
     return next((found for n in CHROMIUM_NAMES if (found := shutil.which(n))), None)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop in this thread while it is
+# open, and later tests that call asyncio.run() must not find it running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = _chromium()
     if executable is None:
