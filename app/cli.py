@@ -46,7 +46,10 @@ def _train(args: argparse.Namespace) -> int:
     torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)
     try:
         validate_name(args.name)
-        config = TrainConfig(**json.loads(args.config_json or "{}"))
+        fields = json.loads(args.config_json or "{}")
+        if args.search is not None:
+            fields["search"] = json.loads(args.search)
+        config = TrainConfig(**fields)
         train = parse_file(Path(args.data).read_bytes(), args.data, "train")
         validation = (parse_file(Path(args.validation).read_bytes(), args.validation, "validation")
                       if args.validation else None)
@@ -62,7 +65,8 @@ def _train(args: argparse.Namespace) -> int:
             stored, result = train_and_store(
                 encoder, store, args.name, data, config, args.description,
                 on_progress=lambda p: show.step(p.epoch, p.epochs, p.step, p.total_steps, p.loss),
-                on_epoch=lambda r: show.epoch(r, epochs))
+                on_epoch=lambda r: show.epoch(r, epochs),
+                on_search=None if config.search is None else _search_line)
         finally:
             show.close()
     except ServiceError as exc:
@@ -71,12 +75,25 @@ def _train(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    search = stored.metrics.get("search")
     print(json.dumps({"name": stored.name, "version": stored.version,
+                      **({"search": {k: search[k] for k in ("winner", "why", "stop_reason")},
+                          "config": stored.metrics["config"]} if search else {}),
                       "best_epoch": result.best_epoch, "metrics": result.best_metrics,
                       "train_seconds": round(result.train_seconds, 1),
                       "examples_per_second": round(result.examples_per_second, 1),
                       "path": store.where(stored.name, stored.version)}))
     return 0
+
+
+def _search_line(table: dict[str, object]) -> None:
+    """One line on stderr per change of a search's trials table."""
+    trials = table["trials"]
+    assert isinstance(trials, list)
+    last = trials[-1] if trials else {}
+    print(f"search: trial {len(trials)}/{table['trials_requested']} {last.get('state', '')} "
+          f"score={last.get('score', '-')} elapsed={table['elapsed_seconds']}s"
+          + (f" -> winner trial {table['winner']}" if "winner" in table else ""), file=sys.stderr)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -172,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--labels", help="comma-separated class names (default: from the data)")
     train.add_argument("--validation", help="validation rows (default: a split of --data)")
     train.add_argument("--config-json", help='TrainConfig as JSON, e.g. \'{"epochs": 3}\'')
+    train.add_argument("--search", help='search the adapter design (config.search) as JSON, e.g. '
+                       '\'{"trials": 20, "budget_s": 600, "objective": "balanced"}\'')
     train.add_argument("--description", default="")
     train.set_defaults(func=_train)
     imp = sub.add_parser("import", help="import an AdapterHub or PEFT directory (or an archive "

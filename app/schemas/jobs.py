@@ -55,6 +55,9 @@ class JobView(BaseModel):
     loss_curve: list[list[float]] = Field(
         default_factory=list, description="Training loss as [step, loss] pairs: one per step, "
         "or (long jobs) the mean of the steps since the previous pair; at most 512.")
+    search: dict[str, Any] | None = Field(
+        None, description="A search (config.search): its trials table as it grows, each trial's "
+        "config, state, score, seconds, parameters and cost; then the winner and why.")
     result: dict[str, Any] | None = Field(None, description="Best epoch and its metrics.")
     adapter: AdapterRef | None = Field(None, description="The stored adapter, on success.")
     error: str | None = None
@@ -73,7 +76,7 @@ class JobView(BaseModel):
             job_id=job.id, name=job.name, task_type=job.task_type, status=job.status,
             progress=job.progress,
             train_loss=(job.progress or {}).get("train_loss"), metrics=job.history or [],
-            loss_curve=job.loss_curve or [],
+            loss_curve=job.loss_curve or [], search=job.search,
             result=job.result,
             adapter=AdapterRef(name=job.name, version=job.adapter_version)
             if job.adapter_version else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -200,6 +201,13 @@ class Task(ABC):
     @abstractmethod
     def score(self, metrics: dict[str, float]) -> tuple[float, float]:
         """What picks the best epoch: higher is better, the second number breaks ties."""
+
+    def standard_error(self, score: float, n: int) -> float:
+        """Standard error of score()[0] measured on n validation rows: the binomial
+        sqrt(s (1 - s) / n), exact for accuracy and a close approximation for F1 or exact match
+        (shares of rows or entities that are right). A search's balanced objective uses it."""
+        s = min(1.0, max(0.0, score))
+        return math.sqrt(s * (1 - s) / max(1, n))
 
     # ---------------------------------------------------------------------------- serving
     def check_input(self, n: int, item: TextInput, adapter: str) -> None:

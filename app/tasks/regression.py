@@ -118,6 +118,11 @@ class Regression(SequenceTask):
     def score(self, metrics: dict[str, float]) -> tuple[float, float]:
         return metrics["pearson"], -metrics["mse"]
 
+    def standard_error(self, score: float, n: int) -> float:
+        """Pearson's r: the large-sample standard error (1 - r^2) / sqrt(n - 1)."""
+        r = min(1.0, max(-1.0, score))
+        return (1 - r * r) / math.sqrt(max(1, n - 1))
+
     def target(self, prediction: Prediction, labels: list[str], label: str | None) -> Target:
         return Target()  # the value
 

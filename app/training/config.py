@@ -5,10 +5,69 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.model.adapter import AdapterConfig
 from app.tasks import HeadConfig, TaskType, get_task
+
+Design = Literal["pfeiffer", "houlsby", "lora"]  # a bottleneck placement, or LoRA
+DESIGNS: tuple[Design, ...] = ("pfeiffer", "houlsby", "lora")
+
+
+class SearchSpace(BaseModel):
+    """What a search may choose from; a field left out takes its default, for learning rate and
+    epochs derived from the task type's TaskDefaults (see app/training/space.py)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    designs: list[Design] | None = Field(None, min_length=1, description="pfeiffer, houlsby "
+                                         "(bottleneck placements) and lora.")
+    reduction_factors: list[float] | None = Field(
+        None, min_length=1, description="Bottleneck width = hidden size / factor.")
+    lora_ranks: list[int] | None = Field(None, min_length=1, description="LoRA ranks r "
+                                         "(alpha = 2r: the update's scale stays 2).")
+    learning_rate: tuple[float, float] | None = Field(
+        None, description="[low, high] of a log-uniform learning rate.")
+    epochs: tuple[int, int] | None = Field(None, description="[low, high] epochs of a trial.")
+    head_layers: list[int] | None = Field(None, min_length=1, description="Head depths: 1, 2.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpace:
+        lr, epochs = self.learning_rate, self.epochs
+        if lr is not None and not 0 < lr[0] <= lr[1] <= 1:
+            raise ValueError(f"learning_rate must be [low, high] with 0 < low <= high <= 1, "
+                             f"got {list(lr)}")
+        if epochs is not None and not 1 <= epochs[0] <= epochs[1] <= 100:
+            raise ValueError(f"epochs must be [low, high] with 1 <= low <= high <= 100, "
+                             f"got {list(epochs)}")
+        for name, values, lo, hi in (("reduction_factors", self.reduction_factors, 1, 1024),
+                                     ("lora_ranks", self.lora_ranks, 1, 256),
+                                     ("head_layers", self.head_layers, 1, 2)):
+            bad = [v for v in values or [] if not lo <= v <= hi]
+            if bad:
+                raise ValueError(f"{name} must lie in [{lo}, {hi}], got {bad}")
+        return self
+
+
+class SearchConfig(BaseModel):
+    """config.search: choose the adapter's design and optimisation within one training job."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    trials: int = Field(20, ge=1, le=500, description="Most configurations tried.")
+    budget_s: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="Seconds for the whole "
+                            "job (trials and the final training); never over by more than an "
+                            "epoch.")
+    objective: Literal["quality", "balanced"] = Field(
+        "quality", description="quality: the best validation score; balanced: the cheapest "
+        "trial within one standard error of the best.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Sampler and split seed; "
+                             "default: config.seed.")
+    keep_best_on_cancel: bool = Field(False, description="A cancelled search stores its best "
+                                      "finished trial instead of nothing.")
+    search_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of the training rows "
+                                   "held out to judge trials.")
+    space: SearchSpace = Field(default_factory=SearchSpace)
 
 
 class TrainConfig(AdapterConfig):
@@ -23,6 +82,8 @@ class TrainConfig(AdapterConfig):
     # head
     pooling: Literal["mean", "cls"] = Field("mean", description="How the head pools tokens.")
     head_dropout: float = Field(0.1, ge=0, lt=1)
+    head_layers: int | None = Field(None, ge=1, le=2, description="Head depth: 1 (output layer "
+                                    "only) or 2 (a hidden layer first); default: the task type's.")
     base_dropout: bool = Field(True, description="Keep the frozen base's own dropout on while training.")
     # optimisation
     epochs: int | None = Field(None, ge=1, le=100, description="Passes over the training data; "
@@ -45,6 +106,8 @@ class TrainConfig(AdapterConfig):
                                        description="Held out from train when no validation set.")
     seed: int = Field(42, ge=0, le=2**32 - 1)  # a larger one (torch takes 64 bits) fails late
     max_train_seconds: float | None = Field(None, gt=0, description="Cap on training time.")
+    search: SearchConfig | None = Field(None, description="Search the design and optimisation "
+                                        "(fields above are the starting point it varies).")
 
     def resolved(self, task_type: str) -> TrainConfig:
         """This config with every per-task default filled in (what training actually uses)."""
@@ -57,4 +120,4 @@ class TrainConfig(AdapterConfig):
 
     def head_config(self, task_type: TaskType, labels: list[str]) -> HeadConfig:
         return HeadConfig(task_type=task_type, labels=labels, pooling=self.pooling,
-                          dropout=self.head_dropout)
+                          dropout=self.head_dropout, layers=self.head_layers)

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress TEXT,                   -- latest Progress (JSON)
     history TEXT NOT NULL DEFAULT '[]',  -- validation metrics per epoch (JSON list)
     loss_curve TEXT NOT NULL DEFAULT '[]',  -- [step, train loss] pairs (JSON list, bounded)
+    search TEXT,                     -- a search's trials table, while it runs (JSON)
     result TEXT,                     -- best epoch, metrics, stop reason (JSON)
     adapter_version INTEGER,
     error TEXT,
@@ -71,6 +72,7 @@ class Job:
     progress: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     loss_curve: list[list[float]] = field(default_factory=list)
+    search: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     adapter_version: int | None = None
     error: str | None = None
@@ -80,7 +82,7 @@ class Job:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         d = dict(row)
-        for key in ("spec", "progress", "history", "loss_curve", "result"):
+        for key in ("spec", "progress", "history", "loss_curve", "search", "result"):
             d[key] = json.loads(d[key]) if d[key] is not None else None
         d["cancel_requested"] = bool(d["cancel_requested"])
         return cls(**d)
@@ -175,7 +177,7 @@ class JobDB:
             if row is None:
                 return None
             db.execute("UPDATE jobs SET status = ?, started_at = ?, progress = NULL, "
-                       "history = '[]', loss_curve = '[]' WHERE id = ?",
+                       "history = '[]', loss_curve = '[]', search = NULL WHERE id = ?",
                        (RUNNING, time.time(), row["id"]))
         return self.get(row["id"])
 
@@ -194,7 +196,7 @@ class JobDB:
         """A graceful shutdown interrupted this job: it runs again from the start later."""
         with self._connect() as db:
             db.execute("UPDATE jobs SET status = ?, started_at = NULL, progress = NULL, "
-                       "history = '[]', loss_curve = '[]', worker_pid = NULL "
+                       "history = '[]', loss_curve = '[]', search = NULL, worker_pid = NULL "
                        "WHERE id = ? AND status = ?",
                        (QUEUED, job_id, RUNNING))
 
@@ -224,6 +226,10 @@ class JobDB:
                        "loss_curve = ? WHERE id = ?",
                        (json.dumps(record), json.dumps(loss_curve), job_id))
 
+    def report_search(self, job_id: str, search: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET search = ? WHERE id = ?", (json.dumps(search), job_id))
+
     def cancel_requested(self, job_id: str) -> bool:
         with self._connect() as db:
             row = db.execute("SELECT cancel_requested, status FROM jobs WHERE id = ?",
@@ -251,3 +257,5 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     have = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
     if "loss_curve" not in have:
         db.execute("ALTER TABLE jobs ADD COLUMN loss_curve TEXT NOT NULL DEFAULT '[]'")
+    if "search" not in have:
+        db.execute("ALTER TABLE jobs ADD COLUMN search TEXT")

@@ -126,11 +126,15 @@ def _optimizer(adapter: AdapterSet, head: Head, config: TrainConfig, total_steps
 def train_adapter(encoder: FrozenEncoder, data: TrainingData, config: TrainConfig,
                   on_progress: Callable[[Progress], None] | None = None,
                   on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Fit a fresh adapter + head on data.train, keep the epoch best on data.validation."""
+                  should_stop: Callable[[], bool] | None = None,
+                  clock: Callable[[], float] = time.perf_counter) -> TrainResult:
+    """Fit a fresh adapter + head on data.train, keep the epoch best on data.validation.
+
+    `clock` (seconds) times it and enforces max_train_seconds; a search passes its own.
+    """
     config = config.resolved(data.task_type)
     torch.manual_seed(config.seed)
-    trainer = _Trainer(encoder, data, config, on_progress, on_epoch, should_stop)
+    trainer = _Trainer(encoder, data, config, on_progress, on_epoch, should_stop, clock)
     try:
         return trainer.fit()
     finally:
@@ -143,8 +147,8 @@ class _Trainer:
     def __init__(self, encoder: FrozenEncoder, data: TrainingData, config: TrainConfig,
                  on_progress: Callable[[Progress], None] | None,
                  on_epoch: Callable[[dict[str, Any]], None] | None,
-                 should_stop: Callable[[], bool] | None) -> None:
-        self.encoder, self.data, self.config = encoder, data, config
+                 should_stop: Callable[[], bool] | None, clock: Callable[[], float]) -> None:
+        self.encoder, self.data, self.config, self.clock = encoder, data, config, clock
         self.on_progress, self.on_epoch, self.should_stop = on_progress, on_epoch, should_stop
         self.rng = random.Random(config.seed)
         self.task = get_task(data.task_type)
@@ -164,7 +168,7 @@ class _Trainer:
         self.optimizer, self.scheduler = _optimizer(self.adapter, self.head, config,
                                                     self.total_steps)
         self.step = self.seen = 0
-        self.start = time.perf_counter()
+        self.start = clock()
 
     def fit(self) -> TrainResult:
         history: list[dict[str, Any]] = []
@@ -197,7 +201,7 @@ class _Trainer:
         self.adapter.eval()
         self.head.eval()
         return TrainResult(self.adapter, self.head, history, best[1], history[best[1] - 1],
-                           stop_reason, time.perf_counter() - self.start, self.seen)
+                           stop_reason, self.clock() - self.start, self.seen)
 
     def _epoch(self, epoch: int) -> tuple[list[float], bool]:
         """One pass over the training data; returns the losses and whether time ran out."""
@@ -224,7 +228,7 @@ class _Trainer:
             self.step += 1
             self.seen += len(idx)
             losses.append(loss.detach().item())
-            elapsed = time.perf_counter() - self.start
+            elapsed = self.clock() - self.start
             if self.on_progress is not None:
                 self.on_progress(Progress(epoch, self.epochs, self.step, self.total_steps,
                                           losses[-1], elapsed))

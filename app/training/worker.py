@@ -28,6 +28,7 @@ from app.training.curve import LossCurve
 from app.training.data import prepare
 from app.training.jobs import CANCELLED, FAILED, SUCCEEDED, JobDB
 from app.training.loop import Progress, TrainingCancelled, TrainResult, train_adapter
+from app.training.search import search_and_train, search_summary
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5
@@ -37,21 +38,31 @@ CANCELLED_ERROR = "cancelled on request; nothing was stored"
 def train_and_store(encoder: FrozenEncoder, store: Store, name: str, data: TrainingData,
                     config: TrainConfig, description: str = "",
                     before_save: Callable[[], None] | None = None, job_id: str | None = None,
+                    on_search: Callable[[dict[str, Any]], None] | None = None,
                     **callbacks: Any) -> tuple[AdapterMetadata, TrainResult]:
-    """Train, then store the best epoch as a new version of `name` (used by worker and CLI).
+    """Train (or, with config.search, search and then train), then store the best epoch as a
+    new version of `name` (used by worker and CLI).
 
     `job_id` is recorded with the version, so a job whose worker died right after storing it
-    is still found to have succeeded.
+    is still found to have succeeded. A search cancelled with keep_best_on_cancel stores its
+    best finished trial although a cancel was asked for (`before_save` is not asked).
     """
     config = config.resolved(data.task_type)
-    result = train_adapter(encoder, data, config, **callbacks)
+    extra: dict[str, Any] = {}
+    if config.search is not None:
+        found = search_and_train(encoder, data, config, on_search=on_search, **callbacks)
+        result, config, extra["search"] = found.result, found.config, found.record
+        if found.kept_on_cancel:
+            before_save = None
+    else:
+        result = train_adapter(encoder, data, config, **callbacks)
     metrics = {"validation": result.best_metrics, "best_epoch": result.best_epoch,
                "history": result.history, "stop_reason": result.stop_reason,
                "train_examples": len(data.train), "validation_examples": len(data.validation),
                "validation_source": "given" if data.validation_given else "split of train",
                "train_seconds": round(result.train_seconds, 2),
                "train_examples_per_second": round(result.examples_per_second, 1),
-               "config": config.model_dump(), **({"job_id": job_id} if job_id else {})}
+               "config": config.model_dump(), **extra, **({"job_id": job_id} if job_id else {})}
     meta = new_metadata(name, result.head.config, result.adapter.config, encoder.info, metrics,
                         description)
     if before_save is not None:
@@ -65,7 +76,8 @@ def job_result(stored: AdapterMetadata) -> dict[str, Any]:
     m = stored.metrics
     return {"best_epoch": m["best_epoch"], "metrics": m["validation"],
             "stop_reason": m["stop_reason"], "train_seconds": m["train_seconds"],
-            "train_examples_per_second": m["train_examples_per_second"]}
+            "train_examples_per_second": m["train_examples_per_second"],
+            **({"search": search_summary(m["search"])} if "search" in m else {})}
 
 
 class _Throttle:
@@ -172,7 +184,8 @@ def run_job(job_id: str, settings: WorkerSettings, parent_pid: int) -> None:
         stored, _ = train_and_store(
             encoder, store, job.name, data, config,
             job.spec.get("description", ""), before_save, job_id, on_progress=on_progress,
-            on_epoch=lambda r: db.report_epoch(job_id, r, curve.points()), should_stop=should_stop)
+            on_epoch=lambda r: db.report_epoch(job_id, r, curve.points()), should_stop=should_stop,
+            on_search=lambda table: db.report_search(job_id, table))
         db.finish(job_id, SUCCEEDED, adapter_version=stored.version, result=job_result(stored))
     except TrainingCancelled:
         db.finish(job_id, CANCELLED, error=CANCELLED_ERROR)

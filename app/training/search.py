@@ -1,0 +1,266 @@
+"""Automatic adapter design: an Optuna search over designs and optimisation inside one job."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from app.model.cost import adapter_parameters, relative_cost
+from app.model.encoder import FrozenEncoder
+from app.tasks import get_task
+from app.tasks.base import TrainingData
+from app.training.choice import Choice, TrialRecord, choose
+from app.training.config import SearchConfig, TrainConfig
+from app.training.data import split
+from app.training.loop import Progress, TrainingCancelled, TrainResult, train_adapter
+from app.training.space import Space, resolve_space, searched_fields, start_params, suggest
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+SPLIT_SEED_OFFSET = 1  # the search's split differs from the job's own validation split
+FINAL = "retrained on all training rows with the winner's config; its best epoch picked on " \
+    "the job's validation split, which no trial saw"
+
+
+def search_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored search in a few fields: what a finished job reports."""
+    states = [t["state"] for t in record["trials"]]
+    return {"winner": record["winner"], "why": record["why"], "trials": len(states),
+            **{s: states.count(s) for s in ("complete", "pruned", "failed")},
+            "stop_reason": record["stop_reason"], "cancelled": record["cancelled"],
+            "elapsed_seconds": record["elapsed_seconds"]}
+
+
+class _StopTrial(Exception):
+    """A trial ends early: the pruner said so, or the budget cannot fit another epoch."""
+
+    def __init__(self, by: str) -> None:
+        super().__init__(by)
+        self.by = by
+
+
+@dataclass
+class SearchOutcome:
+    result: TrainResult  # the model to store
+    config: TrainConfig  # the config that trained it
+    record: dict[str, Any]  # the search, for the stored metadata
+    kept_on_cancel: bool = False  # cancelled, and the best finished trial is stored
+
+
+@dataclass
+class _Budget:
+    """Seconds left, and what the next epoch and the final training are expected to take."""
+
+    total: float
+    clock: Clock
+    start: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)  # per searched row-epoch
+    final_scale: float = 1.0  # full training rows over the search's training rows
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def per_epoch(self) -> float:
+        return sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else 0.0
+
+    def final_reserve(self, epochs: int) -> float:
+        return self.per_epoch() * self.final_scale * epochs
+
+    def fits(self, epochs: int, final_epochs: int) -> bool:
+        """Whether `epochs` more epochs of a trial and then the final training fit."""
+        need = self.per_epoch() * epochs + self.final_reserve(final_epochs)
+        return self.elapsed() + need <= self.total
+
+
+def search_and_train(encoder: FrozenEncoder, data: TrainingData, config: TrainConfig,
+                     on_progress: Callable[[Progress], None] | None = None,
+                     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None,
+                     on_search: Callable[[dict[str, Any]], None] | None = None,
+                     clock: Clock = time.monotonic) -> SearchOutcome:
+    """Search config.search.space on a split of data.train, then retrain the winner on all of
+    data.train (its best epoch on data.validation) within config.search.budget_s."""
+    assert config.search is not None
+    return _Search(encoder, data, config.resolved(data.task_type), config.search, on_progress,
+                   on_epoch, should_stop, on_search, clock).run()
+
+
+class _Search:
+    """The state of one search; run() is the loop."""
+
+    def __init__(self, encoder: FrozenEncoder, data: TrainingData, config: TrainConfig,
+                 search: SearchConfig, on_progress: Callable[[Progress], None] | None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None,
+                 should_stop: Callable[[], bool] | None,
+                 on_search: Callable[[dict[str, Any]], None] | None, clock: Clock) -> None:
+        self.encoder, self.data, self.base, self.search = encoder, data, config, search
+        self.on_progress, self.on_epoch, self.should_stop = on_progress, on_epoch, should_stop
+        self.on_search = on_search
+        self.task = get_task(data.task_type)
+        self.seed = config.seed if search.seed is None else search.seed
+        self.space: Space = resolve_space(data.task_type, search.space)
+        self.split = self._split(data, search.search_fraction)
+        self.budget = _Budget(search.budget_s, clock, clock(),
+                              final_scale=len(data.train) / max(1, len(self.split.train)))
+        self.trials: list[TrialRecord] = []
+        self.best: tuple[TrialRecord, TrainResult, TrainConfig] | None = None
+        self.configs: dict[int, TrainConfig] = {}
+        self.steps = 0  # training steps over all trials: the job's loss curve runs on
+        self.stop_reason = "trials done"
+
+    def _split(self, data: TrainingData, fraction: float) -> TrainingData:
+        strata = self.task.strata(data.train.targets)
+        train_idx, val_idx = split(strata, fraction, self.seed + SPLIT_SEED_OFFSET)
+        return TrainingData(data.task_type, data.labels, data.train.subset(train_idx),
+                            data.train.subset(val_idx), False)
+
+    # -------------------------------------------------------------------------------- run
+    def run(self) -> SearchOutcome:
+        import optuna  # a second of imports: paid by a search, not by the server's start
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        n = self.search.trials
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=self.seed,
+                                               n_startup_trials=min(10, max(3, n // 3))),
+            # Successive halving on the per-epoch score: at epochs 1, 3, 9 ... a trial goes on
+            # only while in the top third of the trials that reached that epoch.
+            pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+        start = start_params(self.space, self.base)
+        if start:
+            study.enqueue_trial(start)
+        self._report()
+        try:
+            for _ in range(n):
+                if self.trials and not self.budget.fits(1, self._final_epochs()):
+                    self.stop_reason = "budget"
+                    break
+                self._trial(study, optuna)
+            return self._finish()
+        except TrainingCancelled:
+            if not (self.search.keep_best_on_cancel and self.best is not None):
+                raise
+            self.stop_reason = "cancelled"
+            return self._keep_best()
+
+    def _trial(self, study: Any, optuna: Any) -> None:
+        trial = study.ask()
+        config = self.configs[trial.number] = suggest(trial, self.space, self.base)
+        dims = self.encoder.info.dims
+        head = self.task.build_head(config.head_config(self.data.task_type, self.data.labels),
+                                    self.encoder.info.hidden_size)
+        record = TrialRecord(
+            number=trial.number, params=dict(trial.params), config=searched_fields(config),
+            trainable_parameters=adapter_parameters(config.adapter_config(), dims)
+            + sum(p.numel() for p in head.parameters()),
+            relative_cost=round(relative_cost(config.adapter_config(), dims), 5))
+        self.trials.append(record)
+        self._report()
+        started = self.budget.clock()
+        last_epoch = [started]
+
+        def epoch_done(metrics: dict[str, Any]) -> None:
+            now = self.budget.clock()
+            self.budget.epoch_seconds.append(now - last_epoch[0])
+            last_epoch[0] = now
+            epoch = metrics["epoch"]
+            score = self.task.score(metrics)[0]
+            record.curve.append(round(score, 5))
+            if self.on_epoch is not None:
+                self.on_epoch({"trial": trial.number, **metrics})
+            trial.report(score, epoch)
+            if epoch < config.epochs and trial.should_prune():
+                raise _StopTrial("pruner")
+            if epoch < config.epochs and not self.budget.fits(1, self._final_epochs()):
+                raise _StopTrial("budget")
+
+        try:
+            result = train_adapter(self.encoder, self.split, config, self._progress, epoch_done,
+                                   self.should_stop, self.budget.clock)
+        except _StopTrial as stop:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            record.state, record.pruned_by = "pruned", stop.by
+        except TrainingCancelled:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            record.state = "cancelled"
+            raise
+        except Exception as exc:  # one bad config must not end the search
+            log.exception("search trial %d failed", trial.number)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            record.state, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        else:
+            score, tiebreak = self.task.score(result.best_metrics)
+            study.tell(trial, score)
+            record.state, record.score, record.tiebreak = "complete", score, tiebreak
+            record.metrics, record.best_epoch = result.best_metrics, result.best_epoch
+            if self.best is None or (score, tiebreak) > (self.best[0].score, self.best[0].tiebreak):
+                self.best = (record, result, config)
+        finally:
+            record.seconds = round(self.budget.clock() - started, 3)
+            self._report()
+
+    def _progress(self, p: Progress) -> None:
+        self.steps += 1
+        if self.on_progress is not None:
+            self.on_progress(replace(p, step=self.steps, total_steps=self.steps - p.step
+                                     + p.total_steps))
+
+    def _final_epochs(self) -> int:
+        best = self.best[2].epochs if self.best is not None else self.base.epochs
+        assert best is not None
+        return best
+
+    # ----------------------------------------------------------------------------- finish
+    def _finish(self) -> SearchOutcome:
+        n_val = len(self.split.validation)
+        choice = choose(self.trials, self.search.objective,
+                        lambda s: self.task.standard_error(s, n_val))
+        config = self.base if choice.winner is None else self.configs[choice.winner]
+        config = config.model_copy(update={"search": None, "max_train_seconds": max(
+            1e-3, self.search.budget_s - self.budget.elapsed())})
+        self._report(choice)
+        on_epoch = self.on_epoch
+        result = train_adapter(
+            self.encoder, self.data, config, self._progress,
+            None if on_epoch is None else lambda r: on_epoch({"trial": "final", **r}),
+            self.should_stop, self.budget.clock)
+        return SearchOutcome(result, config.model_copy(update={"max_train_seconds": None}),
+                             self._record(choice, FINAL))
+
+    def _keep_best(self) -> SearchOutcome:
+        assert self.best is not None
+        record, result, config = self.best
+        choice = Choice(record.number, "search cancelled: kept the best finished trial "
+                        f"(trial {record.number}, score {record.score:.4f})")
+        kept = "the best finished trial as it was (search cancelled): trained on the search's " \
+            "training rows, its epoch picked on the search's validation rows"
+        return SearchOutcome(result, config, self._record(choice, kept), kept_on_cancel=True)
+
+    # ---------------------------------------------------------------------------- records
+    def _table(self) -> dict[str, Any]:
+        return {"trials_requested": self.search.trials, "budget_s": self.search.budget_s,
+                "objective": self.search.objective,
+                "elapsed_seconds": round(self.budget.elapsed(), 3),
+                "trials": [t.as_dict() for t in self.trials]}
+
+    def _report(self, choice: Choice | None = None) -> None:
+        if self.on_search is not None:
+            table = self._table()
+            if choice is not None:
+                table |= {"winner": choice.winner, "why": choice.why, "phase": "final training"}
+            self.on_search(table)
+
+    def _record(self, choice: Choice, final: str) -> dict[str, Any]:
+        table = self._table()
+        return {**table, "seed": self.seed, "space": self.space.as_dict(),
+                "sampler": "TPE", "pruner": "successive halving (min 1 epoch, factor 3)",
+                "splits": {"search_train_rows": len(self.split.train),
+                           "search_validation_rows": len(self.split.validation),
+                           "final": final},
+                "stop_reason": self.stop_reason, "winner": choice.winner, "why": choice.why,
+                "pareto_front": choice.pareto, "standard_error": choice.standard_error,
+                "cancelled": self.stop_reason == "cancelled"}

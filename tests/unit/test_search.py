@@ -1,0 +1,185 @@
+"""The adapter search on the tiny BERT: it keeps its budget, records and prunes trials, repeats
+itself from its seed, stores one adapter, and a cancel stores nothing unless asked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.adapters.store import AdapterStore
+from app.model.adapter import AdapterConfig
+from app.model.cost import adapter_parameters, relative_cost
+from app.model.encoder import FrozenEncoder
+from app.tasks import get_task
+from app.training.choice import TrialRecord, choose
+from app.training.config import SearchConfig, TrainConfig
+from app.training.data import TrainingData, prepare
+from app.training.loop import Progress, TrainingCancelled
+from app.training.search import search_and_train
+from app.training.space import resolve_space
+from app.training.worker import train_and_store
+from tests.unit.test_training_loop import sentiment_rows
+
+SPACE = {"epochs": [1, 3], "learning_rate": [1e-4, 5e-2]}
+
+
+def _data(n: int = 96) -> TrainingData:
+    return prepare("classification", sentiment_rows(n), None, None, 0.25, 0, 10_000, 1_000)
+
+
+def _config(**search: Any) -> TrainConfig:
+    return TrainConfig(batch_size=8, base_dropout=False,
+                       search={"trials": 6, "budget_s": 3600, "space": SPACE, **search})
+
+
+class StepClock:
+    """A clock that moves one second per training step: budgets in steps, not in wall time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, _: Progress) -> None:
+        self.now += 1.0
+
+
+def test_every_trial_is_recorded_and_one_adapter_is_stored(encoder: FrozenEncoder,
+                                                           tmp_path: Any) -> None:
+    store = AdapterStore(tmp_path)
+    tables: list[dict[str, Any]] = []
+    stored, result = train_and_store(encoder, store, "picked", _data(), _config(),
+                                     on_search=tables.append)
+    assert store.versions("picked") == [1]  # exactly one adapter, whatever the trial count
+    search = stored.metrics["search"]
+    assert [t["number"] for t in search["trials"]] == list(range(6))
+    for t in search["trials"]:
+        assert t["state"] in ("complete", "pruned", "failed")
+        assert {"config", "seconds", "trainable_parameters", "relative_cost", "curve"} <= set(t)
+    assert search["space"]["epochs"] == [1, 3] and search["seed"] == 42
+    assert search["splits"]["search_train_rows"] + search["splits"]["search_validation_rows"] \
+        == stored.metrics["train_examples"]  # the job's validation split judged no trial
+    winner = next(t for t in search["trials"] if t["number"] == search["winner"])
+    assert winner["state"] == "complete" and "highest validation score" in search["why"]
+    assert stored.metrics["config"]["epochs"] == winner["config"]["epochs"]
+    assert stored.metrics["config"]["search"] is None
+    assert result.history and [r["epoch"] for r in result.history][0] == 1
+    # the live table grew trial by trial and ended naming the winner
+    assert len(tables[0]["trials"]) == 0 and tables[-1]["winner"] == search["winner"]
+
+
+def test_trials_are_pruned_on_the_per_epoch_score(encoder: FrozenEncoder) -> None:
+    out = search_and_train(encoder, _data(), _config(trials=8, space={
+        "epochs": [3, 3], "learning_rate": [1e-6, 5e-2]}))
+    trials = out.record["trials"]
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    assert pruned and all(t["pruned_by"] == "pruner" for t in pruned)
+    assert all(len(t["curve"]) < 3 and "score" not in t for t in pruned)  # stopped early
+    assert out.record["winner"] not in [t["number"] for t in pruned]
+
+
+def test_same_seed_same_trials(encoder: FrozenEncoder) -> None:
+    def trials(seed: int) -> list[tuple[Any, ...]]:
+        out = search_and_train(encoder, _data(), _config(trials=5, seed=seed))
+        return [(t["params"], t["state"], t.get("score"), t["curve"])
+                for t in out.record["trials"]]
+
+    first = trials(3)
+    assert trials(3) == first
+    assert [p for p, *_ in trials(4)] != [p for p, *_ in first]
+
+
+def test_budget_is_kept_within_one_epoch(encoder: FrozenEncoder) -> None:
+    clock = StepClock()
+    data = _data()
+    budget = 150.0
+    out = search_and_train(encoder, data, _config(trials=50, budget_s=budget),
+                           on_progress=clock.tick, clock=clock)
+    record = out.record
+    steps_per_epoch = -(-len(data.train) // 8)  # the final training's epochs are the longest
+    assert record["elapsed_seconds"] == clock.now
+    assert clock.now <= budget + steps_per_epoch
+    assert record["stop_reason"] == "budget" and len(record["trials"]) < 50
+    assert record["winner"] is not None
+
+
+def test_a_budget_too_small_for_any_trial_trains_the_starting_config(
+        encoder: FrozenEncoder) -> None:
+    clock = StepClock()
+    out = search_and_train(encoder, _data(), _config(budget_s=1.0),
+                           on_progress=clock.tick, clock=clock)
+    assert out.record["winner"] is None and "no trial finished" in out.record["why"]
+    assert [t["pruned_by"] for t in out.record["trials"]] == ["budget"]
+    assert out.config.learning_rate == 1e-3  # the task type's default
+
+
+def _cancel_after_first_complete() -> tuple[list[bool], Any, Any]:
+    flag = [False]
+
+    def on_search(table: dict[str, Any]) -> None:
+        if any(t["state"] == "complete" for t in table["trials"]):
+            flag[0] = True
+
+    return flag, on_search, lambda: flag[0]
+
+
+def test_cancel_mid_search_stores_nothing(encoder: FrozenEncoder, tmp_path: Any) -> None:
+    store = AdapterStore(tmp_path)
+    _, on_search, should_stop = _cancel_after_first_complete()
+    with pytest.raises(TrainingCancelled):
+        train_and_store(encoder, store, "cut", _data(), _config(), on_search=on_search,
+                        should_stop=should_stop)
+    assert store.versions("cut") == []
+
+
+def test_cancel_with_keep_best_stores_the_best_finished_trial(encoder: FrozenEncoder,
+                                                             tmp_path: Any) -> None:
+    store = AdapterStore(tmp_path)
+    _, on_search, should_stop = _cancel_after_first_complete()
+
+    def refuse() -> None:
+        raise TrainingCancelled()  # what the worker's check says once a cancel is asked
+
+    stored, _ = train_and_store(encoder, store, "kept", _data(),
+                                _config(keep_best_on_cancel=True), before_save=refuse,
+                                on_search=on_search, should_stop=should_stop)
+    assert store.versions("kept") == [1]
+    search = stored.metrics["search"]
+    assert search["cancelled"] is True and search["stop_reason"] == "cancelled"
+    complete = [t for t in search["trials"] if t["state"] == "complete"]
+    assert search["winner"] == max(complete, key=lambda t: t["score"])["number"]
+    assert search["trials"][-1]["state"] == "cancelled"
+
+
+def _trial(number: int, score: float, cost: float, params: int) -> TrialRecord:
+    return TrialRecord(number, {}, {}, params, cost, "complete", score, 0.0)
+
+
+def test_balanced_picks_the_cheapest_within_one_standard_error() -> None:
+    trials = [_trial(0, 0.90, 1.10, 9000), _trial(1, 0.88, 1.02, 2000),
+              _trial(2, 0.80, 1.01, 1000), _trial(3, 0.89, 1.05, 5000),
+              TrialRecord(4, {}, {}, 10, 1.0, "pruned")]
+    se = get_task("classification").standard_error
+    quality = choose(trials, "quality", lambda s: se(s, 100))
+    balanced = choose(trials, "balanced", lambda s: se(s, 100))
+    assert quality.winner == 0
+    assert balanced.standard_error == pytest.approx(0.03, abs=1e-5)
+    assert balanced.winner == 1  # 0.88 >= 0.90 - 0.03, and the cheapest such
+    assert "within one standard error" in balanced.why
+    assert balanced.pareto == [2, 1, 3, 0]  # cheapest first; the pruned trial is not on it
+    assert choose(trials, "balanced", lambda s: 0.0).winner == 0
+
+
+def test_cost_model_and_task_aware_space(encoder: FrozenEncoder) -> None:
+    dims = encoder.info.dims
+    pfeiffer, houlsby = AdapterConfig(bottleneck_size=4), AdapterConfig(bottleneck_size=4,
+                                                                       placement="houlsby")
+    assert relative_cost(houlsby, dims) - 1 == pytest.approx(2 * (relative_cost(pfeiffer, dims) - 1))
+    assert adapter_parameters(pfeiffer, dims) == 2 * (4 * 32 * 2 + 4 + 32)
+    assert relative_cost(AdapterConfig(method="lora", r=2), dims) > 1
+    sentence, ner = resolve_space("classification"), resolve_space("token_classification")
+    assert sentence.learning_rate == (2.5e-4, 4e-3) and sentence.epochs == (2, 6)
+    assert ner.learning_rate == (5e-4, 8e-3) and ner.epochs == (4, 10)
+    assert SearchConfig().space.designs is None  # the defaults above fill it
