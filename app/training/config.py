@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from app.model.adapter import AdapterConfig
+from app.model.adapter import MAX_LORA_RANK, AdapterConfig
 from app.tasks import HeadConfig, TaskType, get_task
 
 Design = Literal["pfeiffer", "houlsby", "lora"]  # a bottleneck placement, or LoRA
@@ -31,22 +31,30 @@ class SearchSpace(BaseModel):
     epochs: tuple[int, int] | None = Field(None, description="[low, high] epochs of a trial.")
     head_layers: list[int] | None = Field(None, min_length=1, description="Head depths: 1, 2.")
 
-    @model_validator(mode="after")
-    def _check(self) -> SearchSpace:
-        lr, epochs = self.learning_rate, self.epochs
+    @field_validator("learning_rate")
+    @classmethod
+    def _rate_range(cls, lr: tuple[float, float] | None) -> tuple[float, float] | None:
         if lr is not None and not 0 < lr[0] <= lr[1] <= 1:
-            raise ValueError(f"learning_rate must be [low, high] with 0 < low <= high <= 1, "
-                             f"got {list(lr)}")
+            raise ValueError(f"must be [low, high] with 0 < low <= high <= 1, got {list(lr)}")
+        return lr
+
+    @field_validator("epochs")
+    @classmethod
+    def _epoch_range(cls, epochs: tuple[int, int] | None) -> tuple[int, int] | None:
         if epochs is not None and not 1 <= epochs[0] <= epochs[1] <= 100:
-            raise ValueError(f"epochs must be [low, high] with 1 <= low <= high <= 100, "
-                             f"got {list(epochs)}")
-        for name, values, lo, hi in (("reduction_factors", self.reduction_factors, 1, 1024),
-                                     ("lora_ranks", self.lora_ranks, 1, 256),
-                                     ("head_layers", self.head_layers, 1, 2)):
-            bad = [v for v in values or [] if not lo <= v <= hi]
-            if bad:
-                raise ValueError(f"{name} must lie in [{lo}, {hi}], got {bad}")
-        return self
+            raise ValueError(f"must be [low, high] with 1 <= low <= high <= 100, got "
+                             f"{list(epochs)}")
+        return epochs
+
+    @field_validator("reduction_factors", "lora_ranks", "head_layers")
+    @classmethod
+    def _within(cls, values: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        lo, hi = {"reduction_factors": (1, 1024), "lora_ranks": (1, MAX_LORA_RANK),
+                  "head_layers": (1, 2)}[str(info.field_name)]
+        bad = [v for v in values or [] if not lo <= v <= hi]
+        if bad:
+            raise ValueError(f"must lie in [{lo}, {hi}], got {bad}")
+        return values
 
 
 class SearchConfig(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,11 @@ def search_summary(record: dict[str, Any]) -> dict[str, Any]:
             **{s: states.count(s) for s in ("complete", "pruned", "failed")},
             "stop_reason": record["stop_reason"], "cancelled": record["cancelled"],
             "elapsed_seconds": record["elapsed_seconds"]}
+
+
+def _finite(score: float) -> float:
+    """A diverged trial's NaN score as the worst one (Optuna refuses NaN)."""
+    return score if math.isfinite(score) else -1e9
 
 
 class _StopTrial(Exception):
@@ -168,7 +174,7 @@ class _Search:
             self.budget.epoch_seconds.append(now - last_epoch[0])
             last_epoch[0] = now
             epoch = metrics["epoch"]
-            score = self.task.score(metrics)[0]
+            score = _finite(self.task.score(metrics)[0])
             record.curve.append(round(score, 5))
             if self.on_epoch is not None:
                 self.on_epoch({"trial": trial.number, **metrics})
@@ -193,7 +199,7 @@ class _Search:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             record.state, record.error = "failed", f"{type(exc).__name__}: {exc}"
         else:
-            score, tiebreak = self.task.score(result.best_metrics)
+            score, tiebreak = map(_finite, self.task.score(result.best_metrics))
             study.tell(trial, score)
             record.state, record.score, record.tiebreak = "complete", score, tiebreak
             record.metrics, record.best_epoch = result.best_metrics, result.best_epoch

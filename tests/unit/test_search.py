@@ -183,3 +183,31 @@ def test_cost_model_and_task_aware_space(encoder: FrozenEncoder) -> None:
     assert sentence.learning_rate == (2.5e-4, 4e-3) and sentence.epochs == (2, 6)
     assert ner.learning_rate == (5e-4, 8e-3) and ner.epochs == (4, 10)
     assert SearchConfig().space.designs is None  # the defaults above fill it
+
+
+def test_cli_train_with_search(tiny_model_dir: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from app.cli import main
+    from app.config import get_settings
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in sentiment_rows(64)))
+    for name, value in {"BASE_MODEL": str(tiny_model_dir), "ADAPTERS_DIR": str(tmp_path / "s"),
+                        "TRAIN_THREADS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        code = main(["train", "--name", "cli", "--data", str(rows), "--config-json",
+                     '{"batch_size": 8}', "--search",
+                     '{"trials": 2, "budget_s": 600, "space": {"epochs": [1, 1]}}'])
+        assert code == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["version"] == 1 and out["search"]["winner"] in (0, 1)
+        assert out["config"]["epochs"] == 1
+        assert main(["train", "--name", "cli", "--data", str(rows), "--search",
+                     '{"trials": 0}']) == 2
+        assert "trials" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
