@@ -22,6 +22,7 @@ from app.errors import InvalidInputError, ServiceError
 from app.training.config import TrainConfig
 from app.training.data import prepare
 from app.training.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobDB
+from app.training.search import search_split
 from app.training.worker import CANCELLED_ERROR, WorkerSettings, job_result, run_job
 
 if TYPE_CHECKING:  # the manager itself never loads a model
@@ -87,6 +88,8 @@ class JobManager:
         data = prepare(req.task_type, req.train, req.validation, req.labels,
                        req.config.validation_fraction, req.config.seed, s.max_train_rows,
                        s.max_text_chars)
+        if req.config.search is not None:
+            search_split(data, req.config)  # too few rows for a search: a 422 now as well
         spec = {"labels": data.labels or None,
                 "config": req.config.model_dump(exclude_unset=True),
                 "description": req.description, "train_rows": len(req.train),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from app.errors import InvalidInputError
 from app.model.cost import adapter_parameters, relative_cost
 from app.model.encoder import FrozenEncoder
 from app.tasks import get_task
@@ -22,8 +23,24 @@ from app.training.space import Space, resolve_space, searched_fields, start_para
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 SPLIT_SEED_OFFSET = 1  # the search's split differs from the job's own validation split
+MIN_SEARCH_ROWS = 4
 FINAL = "retrained on all training rows with the winner's config; its best epoch picked on " \
     "the job's validation split, which no trial saw"
+
+
+def search_split(data: TrainingData, config: TrainConfig) -> TrainingData:
+    """data.train split again (stratified, seeded): trials train on the first part and are
+    judged on the second, so data.validation stays unseen until the final training."""
+    assert config.search is not None
+    seed = config.seed if config.search.seed is None else config.search.seed
+    strata = get_task(data.task_type).strata(data.train.targets)
+    if len(strata) < MIN_SEARCH_ROWS:
+        raise InvalidInputError(
+            f"config.search needs at least {MIN_SEARCH_ROWS} training rows besides the "
+            f"validation ones, to judge trials on some of them; there are {len(strata)}")
+    train_idx, val_idx = split(strata, config.search.search_fraction, seed + SPLIT_SEED_OFFSET)
+    return TrainingData(data.task_type, data.labels, data.train.subset(train_idx),
+                        data.train.subset(val_idx), False)
 
 
 def search_summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +125,7 @@ class _Search:
         self.task = get_task(data.task_type)
         self.seed = config.seed if search.seed is None else search.seed
         self.space: Space = resolve_space(data.task_type, search.space)
-        self.split = self._split(data, search.search_fraction)
+        self.split = search_split(data, config)
         self.budget = _Budget(search.budget_s, clock, clock(),
                               final_scale=len(data.train) / max(1, len(self.split.train)))
         self.trials: list[TrialRecord] = []
@@ -116,12 +133,6 @@ class _Search:
         self.configs: dict[int, TrainConfig] = {}
         self.steps = 0  # training steps over all trials: the job's loss curve runs on
         self.stop_reason = "trials done"
-
-    def _split(self, data: TrainingData, fraction: float) -> TrainingData:
-        strata = self.task.strata(data.train.targets)
-        train_idx, val_idx = split(strata, fraction, self.seed + SPLIT_SEED_OFFSET)
-        return TrainingData(data.task_type, data.labels, data.train.subset(train_idx),
-                            data.train.subset(val_idx), False)
 
     # -------------------------------------------------------------------------------- run
     def run(self) -> SearchOutcome:

@@ -36,6 +36,14 @@ def test_bad_search_options_are_a_422_naming_the_field(api: TestClient, search: 
     assert api.get("/jobs").json()["jobs"] == []
 
 
+def test_too_few_rows_for_a_search_is_a_422(api: TestClient) -> None:
+    r = api.post("/adapters", json={"name": "few", "task_type": "classification",
+                                    "train": sentiment_rows(4), "config": SEARCH})
+    assert r.status_code == 422, r.text
+    assert "config.search needs at least 4 training rows" in r.json()["error"]["message"]
+    assert api.get("/jobs").json()["jobs"] == []
+
+
 @pytest.mark.slow
 def test_search_job_reports_its_trials_and_stores_one_adapter(api: TestClient,
                                                               train_settings: Settings) -> None:
