@@ -80,7 +80,7 @@ class _Budget:
     total: float
     clock: Clock
     start: float = 0.0
-    epoch_seconds: list[float] = field(default_factory=list)  # per searched row-epoch
+    epoch_seconds: list[float] = field(default_factory=list)  # each trial epoch's, with its eval
     final_scale: float = 1.0  # full training rows over the search's training rows
 
     def elapsed(self) -> float:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.tasks import get_task
+from torch import nn
+
+from app.tasks import HeadConfig, get_task
 from app.training.config import DESIGNS, Design, SearchSpace, TrainConfig
 
 if TYPE_CHECKING:  # optuna loads only when a search runs
@@ -26,10 +28,11 @@ class Space:
     lora_ranks: tuple[int, ...]
     learning_rate: tuple[float, float]  # log-uniform
     epochs: tuple[int, int]
-    head_layers: tuple[int, ...]
+    head_layers: tuple[int, ...]  # empty: the task type's head has one depth only
+    default_head_layers: int  # the task type's depth when config.head_layers is None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def resolve_space(task_type: str, override: SearchSpace | None = None) -> Space:
@@ -48,7 +51,17 @@ def resolve_space(task_type: str, override: SearchSpace | None = None) -> Space:
         learning_rate=tuple(o.learning_rate or (d.learning_rate / LR_SPREAD,  # type: ignore[arg-type]
                                                 min(1.0, d.learning_rate * LR_SPREAD))),
         epochs=tuple(o.epochs or (max(1, d.epochs - 1), 2 * d.epochs)),  # type: ignore[arg-type]
-        head_layers=tuple(o.head_layers or HEAD_LAYERS))
+        head_layers=tuple(o.head_layers or (HEAD_LAYERS if _depth(task_type, 1) != _depth(
+            task_type, 2) else ())),
+        default_head_layers=_depth(task_type, None))
+
+
+def _depth(task_type: str, layers: int | None) -> int:
+    """Linear layers of the task type's head built with `layers` (None: its default)."""
+    task = get_task(task_type)
+    head = task.build_head(  # a small head: only its shape is read
+        HeadConfig(task_type=task.name, labels=["O", "B-X"], layers=layers), 8)
+    return sum(isinstance(m, nn.Linear) for m in head.modules())
 
 
 def start_params(space: Space, config: TrainConfig) -> dict[str, Any]:
@@ -56,9 +69,8 @@ def start_params(space: Space, config: TrainConfig) -> dict[str, Any]:
     trial, so a search always measures the recipe it would otherwise have trained."""
     design = "lora" if config.method == "lora" else config.placement
     params: dict[str, Any] = {"design": design, "learning_rate": config.learning_rate,
-                              "epochs": config.epochs}
-    if config.head_layers is not None:
-        params["head_layers"] = config.head_layers
+                              "epochs": config.epochs,
+                              "head_layers": config.head_layers or space.default_head_layers}
     if design == "lora":
         params["lora_r"] = config.r
     elif config.bottleneck_size is None:
@@ -67,7 +79,7 @@ def start_params(space: Space, config: TrainConfig) -> dict[str, Any]:
     fits = {"design": design in space.designs,
             "learning_rate": lr[0] <= (config.learning_rate or 0) <= lr[1],
             "epochs": ep[0] <= (config.epochs or 0) <= ep[1],
-            "head_layers": config.head_layers in space.head_layers,
+            "head_layers": params["head_layers"] in space.head_layers,
             "lora_r": config.r in space.lora_ranks,
             "reduction_factor": config.reduction_factor in space.reduction_factors}
     return {k: v for k, v in params.items() if fits[k]} if fits["design"] else {}
@@ -79,9 +91,10 @@ def suggest(trial: optuna.trial.Trial, space: Space, base: TrainConfig) -> Train
     update: dict[str, Any] = {
         "learning_rate": trial.suggest_float("learning_rate", *space.learning_rate, log=True),
         "epochs": trial.suggest_int("epochs", *space.epochs),
-        "head_layers": trial.suggest_categorical("head_layers", list(space.head_layers)),
         "search": None,
     }
+    if space.head_layers:
+        update["head_layers"] = trial.suggest_categorical("head_layers", list(space.head_layers))
     if design == "lora":
         r = trial.suggest_categorical("lora_r", list(space.lora_ranks))
         update |= {"method": "lora", "r": r, "alpha": 2.0 * r}

@@ -61,6 +61,8 @@ def test_every_trial_is_recorded_and_one_adapter_is_stored(encoder: FrozenEncode
     assert search["space"]["epochs"] == [1, 3] and search["seed"] == 42
     assert search["splits"]["search_train_rows"] + search["splits"]["search_validation_rows"] \
         == stored.metrics["train_examples"]  # the job's validation split judged no trial
+    first = search["trials"][0]["config"]  # the starting recipe: the task type's defaults
+    assert (first["learning_rate"], first["epochs"], first["head_layers"]) == (1e-3, 3, 2)
     winner = next(t for t in search["trials"] if t["number"] == search["winner"])
     assert winner["state"] == "complete" and "highest validation score" in search["why"]
     assert stored.metrics["config"]["epochs"] == winner["config"]["epochs"]
@@ -182,6 +184,8 @@ def test_cost_model_and_task_aware_space(encoder: FrozenEncoder) -> None:
     sentence, ner = resolve_space("classification"), resolve_space("token_classification")
     assert sentence.learning_rate == (2.5e-4, 4e-3) and sentence.epochs == (2, 6)
     assert ner.learning_rate == (5e-4, 8e-3) and ner.epochs == (4, 10)
+    assert (sentence.default_head_layers, ner.default_head_layers) == (2, 1)
+    assert resolve_space("question_answering").head_layers == ()  # its head has one depth
     assert SearchConfig().space.designs is None  # the defaults above fill it
 
 
@@ -211,3 +215,18 @@ def test_cli_train_with_search(tiny_model_dir: Any, tmp_path: Any, monkeypatch: 
         assert "trials" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("task_type", ["token_classification", "question_answering",
+                                       "regression"])
+def test_every_task_type_can_be_searched(encoder: FrozenEncoder, task_type: str) -> None:
+    from tests.unit.test_ner import ner_rows
+    from tests.unit.test_qa import qa_rows
+
+    rows = {"token_classification": lambda: ner_rows(48), "question_answering": lambda: qa_rows(48),
+            "regression": lambda: [{**r, "label": float(r["label"] == "pos")}
+                                   for r in sentiment_rows(48)]}[task_type]()
+    data = prepare(task_type, rows, None, None, 0.25, 0, 10_000, 1_000)
+    out = search_and_train(encoder, data, _config(trials=3, space={"epochs": [1, 2]}))
+    assert len(out.record["trials"]) == 3 and out.record["winner"] is not None
+    assert all(t["state"] != "failed" for t in out.record["trials"]), out.record["trials"]
