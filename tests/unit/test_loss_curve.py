@@ -47,8 +47,10 @@ def test_database_of_an_older_release_gains_the_column(tmp_path: Path) -> None:
         old.execute("INSERT INTO jobs (id, name, task_type, status, created_at, spec) "
                     "VALUES ('j1', 'old', 'classification', 'succeeded', 1.0, '{}')")
     db = JobDB(path)
-    assert db.get("j1").loss_curve == []
+    assert db.get("j1").loss_curve == [] and db.get("j1").search is None  # both columns added
     job = db.create("new", "classification", {}, {"train": []}, max_queued=5)
     db.claim_next()
     db.report_progress(job.id, {"step": 1}, [[1, 0.5]])
     assert db.get(job.id).loss_curve == [[1, 0.5]]
+    db.report_search(job.id, {"trials": []})
+    assert db.get(job.id).search == {"trials": []}
