@@ -259,7 +259,8 @@ class _Search:
 
     # ---------------------------------------------------------------------------- records
     def _table(self) -> dict[str, Any]:
-        return {"trials_requested": self.search.trials, "budget_s": self.search.budget_s,
+        return {"phase": "trials", "trials_requested": self.search.trials,
+                "budget_s": self.search.budget_s,
                 "objective": self.search.objective,
                 "elapsed_seconds": round(self.budget.elapsed(), 3),
                 "trials": [t.as_dict() for t in self.trials]}
@@ -272,12 +273,16 @@ class _Search:
             self.on_search(table)
 
     def _record(self, choice: Choice, final: str) -> dict[str, Any]:
+        """The whole search, for the stored metadata (and the job's last table)."""
         table = self._table()
-        return {**table, "seed": self.seed, "space": self.space.as_dict(),
-                "sampler": "TPE", "pruner": "successive halving (min 1 epoch, factor 3)",
-                "splits": {"search_train_rows": len(self.split.train),
-                           "search_validation_rows": len(self.split.validation),
-                           "final": final},
-                "stop_reason": self.stop_reason, "winner": choice.winner, "why": choice.why,
-                "pareto_front": choice.pareto, "standard_error": choice.standard_error,
-                "cancelled": self.stop_reason == "cancelled"}
+        record = {**table, "phase": "done", "seed": self.seed, "space": self.space.as_dict(),
+                  "sampler": "TPE", "pruner": "successive halving (min 1 epoch, factor 3)",
+                  "splits": {"search_train_rows": len(self.split.train),
+                             "search_validation_rows": len(self.split.validation),
+                             "final": final},
+                  "stop_reason": self.stop_reason, "winner": choice.winner, "why": choice.why,
+                  "pareto_front": choice.pareto, "standard_error": choice.standard_error,
+                  "cancelled": self.stop_reason == "cancelled"}
+        if self.on_search is not None:
+            self.on_search(record)
+        return record

@@ -54,7 +54,7 @@ def test_search_job_reports_its_trials_and_stores_one_adapter(api: TestClient,
     assert AdapterStore(train_settings.adapters_dir).versions("searched") == [1]
     table = done["search"]
     assert [t["number"] for t in table["trials"]] == [0, 1, 2]
-    assert table["winner"] is not None and table["why"]
+    assert table["winner"] is not None and table["why"] and table["phase"] == "done"
     summary = done["result"]["search"]
     assert summary["trials"] == 3 and summary["winner"] == table["winner"]
     assert summary["complete"] + summary["pruned"] + summary["failed"] == 3

@@ -69,7 +69,8 @@ def test_every_trial_is_recorded_and_one_adapter_is_stored(encoder: FrozenEncode
     assert stored.metrics["config"]["search"] is None
     assert result.history and [r["epoch"] for r in result.history][0] == 1
     # the live table grew trial by trial and ended naming the winner
-    assert len(tables[0]["trials"]) == 0 and tables[-1]["winner"] == search["winner"]
+    assert len(tables[0]["trials"]) == 0 and tables[-2]["phase"] == "final training"
+    assert tables[-1] == search
 
 
 def test_trials_are_pruned_on_the_per_epoch_score(encoder: FrozenEncoder) -> None:
