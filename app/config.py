@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # --- explanations -----------------------------------------------------------------------
     explain_max_steps: int = Field(64, ge=1, description="Largest explain_steps a predict request "
                                    "may ask for; more get 422.")
+    explain_tolerance: float = Field(
+        0.05, ge=0, le=1, description="An explanation's steps double (reusing its points, up to "
+        "EXPLAIN_MAX_STEPS) while |delta| exceeds this share of |output - baseline|; 0: exactly "
+        "the steps asked for. A request's explain_tolerance overrides it.")
     explain_batch_tokens: int | None = Field(
         None, ge=1, description="Padded tokens x integration steps in one explain pass (forward "
         "and backward): bounds its memory, and how long a plain row may wait behind one. Unset: "

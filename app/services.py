@@ -62,7 +62,8 @@ class Services:
         ), width_of=lambda row: row.width)
         predictor = PredictionService(registry, encoder.tokenizer, batcher, PredictLimits(
             settings.max_inputs_per_request, settings.max_text_chars, settings.request_timeout_s,
-            settings.qa_doc_stride, settings.metrics_task_labels, settings.explain_max_steps))
+            settings.qa_doc_stride, settings.metrics_task_labels, settings.explain_max_steps,
+            settings.explain_tolerance))
         adapters = AdapterService(store, registry, settings.max_adapter_bytes,
                                   settings.strict_base)
         jobs = JobManager(settings, store, on_stored=registry.ensure_indexed, base=encoder.info)

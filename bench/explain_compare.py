@@ -1,7 +1,7 @@
 """Own batched integrated gradients against Captum's LayerIntegratedGradients, in process.
 
 Both attribute the same rows (SST-2 dev sentences, two random adapters, a bottleneck and a LoRA,
-alternating by row) to the word embeddings with the same Gauss-Legendre steps and [PAD] baseline,
+alternating by row) to the word embeddings with the same Gauss-Legendre steps and [MASK] baseline,
 with the convergence delta; Captum is given the predicted labels (it needs its targets before it
 runs) and the rows' adapter slots as a forward argument it expands with the steps, so it too
 batches rows of different adapters. Used by bench_explain; also runnable alone:
@@ -67,15 +67,17 @@ class Pair:
 
 def own(pair: Pair, features: list[Feature], slots: list[int], targets: list[list[int]],
         steps: int) -> Tensor:
-    """(B, K, T) attributions, one explain pass."""
+    """(B, K, T) attributions, one explain pass (Captum's rule, and the ends for the delta as
+    Captum computes them)."""
     alphas, weights = gauss_legendre(steps)
-    rows = [PathRow(f, PathChunk(tuple(Target(label=t) for t in ts), tuple(alphas),
-                                 tuple(weights), endpoints=True), pair.heads[s], s)
+    rows = [PathRow(f, PathChunk(tuple(Target(label=t) for t in ts), (*alphas, 0.0, 1.0)),
+                    pair.heads[s], s)
             for f, s, ts in zip(features, slots, targets, strict=True)]
     found = explain_pass(pair.encoder, rows, pair.bank.routing)
     length = max(len(f) for f in features)
-    return torch.stack([torch.nn.functional.pad(r.tokens, (0, length - r.tokens.shape[1]))
-                        for r in found])
+    w = torch.tensor(weights).view(-1, 1, 1)
+    return torch.stack([torch.nn.functional.pad((w * r.terms[:steps]).sum(0),
+                                                (0, length - r.terms.shape[2])) for r in found])
 
 
 def captum(pair: Pair, features: list[Feature], slots: list[int], targets: list[list[int]],
@@ -85,7 +87,7 @@ def captum(pair: Pair, features: list[Feature], slots: list[int], targets: list[
 
     enc = pair.encoder
     batch = enc.tokenizer.collate(features)
-    base = enc.tokenizer.collate([replace(f, input_ids=baseline_ids(f, enc.tokenizer.pad_id))
+    base = enc.tokenizer.collate([replace(f, input_ids=baseline_ids(f, enc.tokenizer.baseline_id))
                                   for f in features]).input_ids
 
     def forward(ids: Tensor, mask: Tensor, types: Tensor | None, rows: Tensor) -> Tensor:

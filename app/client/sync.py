@@ -77,7 +77,7 @@ class Client:
     def predict(self, task: str, inputs: Inputs, version: int | None = None,
                 **options: Any) -> PredictResponse:
         """Options: return_tokens, max_answer_tokens, allow_empty, explain, explain_steps,
-        explain_label (see POST /predict)."""
+        explain_tolerance, explain_label (see POST /predict)."""
         return self._do(calls.predict(task, inputs, version, options))
 
     def train(self, name: str, task_type: str, rows: Sequence[Any] | None = None, *,

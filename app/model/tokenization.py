@@ -59,6 +59,9 @@ class TextEncoder:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # What explanations replace the words with (attribution.baseline_ids).
+        mask_id = tokenizer.mask_token_id
+        self.baseline_id = mask_id if isinstance(mask_id, int) else self.pad_id
         self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
 
     def encode(self, texts: list[str], pairs: list[str | None] | None = None,

@@ -57,8 +57,14 @@ class PredictRequest(BaseModel):
                               "score) when no span beats the no-answer score.")
     explain: bool = Field(False, description="Add per-word attributions (integrated gradients) "
                           "to every prediction; an object input's own `explain` overrides it.")
-    explain_steps: int = Field(16, ge=1, description="Integration steps of an explanation (at "
-                               "most EXPLAIN_MAX_STEPS): more cost more and leave a smaller delta.")
+    explain_steps: int = Field(16, ge=1, description="Integration steps an explanation starts "
+                               "with (at most EXPLAIN_MAX_STEPS; steps + 1 points on the path): "
+                               "more cost more and leave a smaller delta.")
+    explain_tolerance: float | None = Field(None, ge=0, le=1, description="Double the steps "
+                                            "(reusing the points taken) while |delta| exceeds "
+                                            "this share of |output - baseline|, up to "
+                                            "EXPLAIN_MAX_STEPS; 0: exactly explain_steps. "
+                                            "Default: EXPLAIN_TOLERANCE.")
     explain_label: str | None = Field(None, min_length=1, description="Classification: explain "
                                       "this label instead of the predicted one.")
 
@@ -83,7 +89,7 @@ class PredictRequest(BaseModel):
                              allow_empty=self.allow_empty)
 
     def explain_options(self) -> ExplainOptions:
-        return ExplainOptions(self.explain_steps, self.explain_label)
+        return ExplainOptions(self.explain_steps, self.explain_label, self.explain_tolerance)
 
 
 def _absent(value: object) -> bool:
@@ -105,10 +111,12 @@ class ExplanationBody(BaseModel):
                               "explained.")
     output: float = Field(description="The explained output for the input: the label's "
                           "probability, the value, the entity's or the answer's score.")
-    baseline: float = Field(description="The same output with every word replaced by [PAD].")
+    baseline: float = Field(description="The same output with every word replaced by [MASK] "
+                            "([PAD] for a vocabulary without one).")
     delta: float = Field(description="Sum of the attributions - (output - baseline): the "
                          "integration error (0 when exact).")
-    steps: int
+    steps: int = Field(description="The integration steps that gave the attributions: "
+                       "explain_steps, doubled while the delta was over the tolerance.")
 
 
 class Explained(BaseModel):

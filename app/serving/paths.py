@@ -22,21 +22,18 @@ PADDING_SLACK = 0.25  # a group of rows pads at most this share of its real toke
 
 @dataclass(frozen=True)
 class PathChunk:
-    """Some of the integration steps of one input's explanation (a heavy row of the batcher)."""
+    """Some of the points on one input's integration path (a heavy row of the batcher)."""
 
     targets: tuple[Target, ...]  # the outputs attributed, each on its own
     alphas: tuple[float, ...]  # where on the path from the baseline (0) to the input (1)
-    weights: tuple[float, ...]  # quadrature weights
-    endpoints: bool  # also the outputs at the input and at the baseline (one chunk per input)
 
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """A chunk's part of its input's attributions; the chunks of an input add up."""
+    """A chunk's points: per point, each target's gradient term per token and its output."""
 
-    tokens: Tensor  # (K, T): per target, per token
-    output: Tensor | None  # (K,) at the input, when the chunk has the endpoints
-    baseline: Tensor | None  # (K,) at the baseline
+    terms: Tensor  # (S, K, T)
+    outputs: Tensor  # (S, K)
 
 
 @dataclass(frozen=True)
@@ -77,8 +74,8 @@ def length_groups(lengths: list[int], widths: list[int]) -> list[list[int]]:
 
 def _group_pass(encoder: FrozenEncoder, rows: list[PathRow],
                 route: Callable[[list[int]], AdapterRouting]) -> list[ChunkResult]:
-    """The points of every row (N = their steps together) in one forward and one backward per
-    target index; the endpoints in a forward without gradients."""
+    """The points of every row (N = their points together) in one forward and one backward per
+    target index."""
     batch, start, end = _embedded(encoder, [r.feature for r in rows])  # (B, T), (B, T, H) x 2
     count = max(len(r.chunk.targets) for r in rows)
 
@@ -101,33 +98,24 @@ def _group_pass(encoder: FrozenEncoder, rows: list[PathRow],
     owner = [b for b, r in enumerate(rows) for _ in r.chunk.alphas]
     index = torch.tensor(owner, device=start.device)
     alphas = torch.tensor([a for r in rows for a in r.chunk.alphas], device=start.device)
-    weights = torch.tensor([w for r in rows for w in r.chunk.weights], device=start.device)
-    terms = path_attributions(lambda e: run(owner, e), start[index], end[index], alphas,
-                              weights)  # (N, K, T)
-    tokens = terms.new_zeros((len(rows), *terms.shape[1:])).index_add_(0, index, terms)
-    ends = [b for b, r in enumerate(rows) if r.chunk.endpoints]
-    with torch.no_grad():  # per row with endpoints: its baseline, then its input
-        pair = torch.stack((start[ends], end[ends]), 1).flatten(0, 1)  # (2E, T, H)
-        at_ends = run([b for b in ends for _ in (0, 1)], pair).view(-1, 2, count) if ends else None
+    terms, outputs = path_attributions(lambda e: run(owner, e), start[index], end[index],
+                                       alphas)  # (N, K, T), (N, K)
     # One device-to-host copy for the pass.
-    host = tokens.cpu()
-    host_ends = None if at_ends is None else at_ends.cpu()
-    results = []
-    for b, r in enumerate(rows):
-        k, n = len(r.chunk.targets), len(r.feature)
-        e = ends.index(b) if r.chunk.endpoints else None
-        results.append(ChunkResult(
-            host[b, :k, :n], None if e is None or host_ends is None else host_ends[e, 1, :k],
-            None if e is None or host_ends is None else host_ends[e, 0, :k]))
+    terms, outputs = terms.cpu(), outputs.cpu()
+    results, at = [], 0
+    for r in rows:
+        k, n, s = len(r.chunk.targets), len(r.feature), len(r.chunk.alphas)
+        results.append(ChunkResult(terms[at:at + s, :k, :n], outputs[at:at + s, :k]))
+        at += s
     return results
 
 
 def _embedded(encoder: FrozenEncoder, features: list[Feature]
               ) -> tuple[EncodedBatch, Tensor, Tensor]:
     """The batch on the device, and the word embeddings of its baseline and of its input."""
-    pad = encoder.tokenizer.pad_id
-    batch = encoder.tokenizer.collate(features).to(encoder.device)
-    base = encoder.tokenizer.collate(
-        [replace(f, input_ids=baseline_ids(f, pad)) for f in features]).to(encoder.device)
+    tokenizer = encoder.tokenizer
+    batch = tokenizer.collate(features).to(encoder.device)
+    base = tokenizer.collate([replace(f, input_ids=baseline_ids(f, tokenizer.baseline_id))
+                              for f in features]).to(encoder.device)
     with torch.no_grad():
         return batch, encoder.embed(base.input_ids), encoder.embed(batch.input_ids)

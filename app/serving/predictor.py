@@ -27,6 +27,7 @@ class PredictLimits:
     doc_stride: int = 128  # question answering: overlap of a long context's windows
     task_labels: int = 100  # adapter names with their own label on the per-task metrics
     explain_max_steps: int = 64
+    explain_tolerance: float = 0.05
 
 
 class PredictionService:
@@ -36,7 +37,8 @@ class PredictionService:
         self.tokenizer = tokenizer
         self.batcher = batcher
         self.limits = limits
-        self.explainer = Explainer(batcher)
+        self.explainer = Explainer(batcher, limits.explain_tolerance,
+                                   limits.explain_max_steps)
         self._labelled: set[str] = set()
 
     async def predict(self, task: str, inputs: list[TextInput], version: int | None = None,

@@ -47,8 +47,11 @@ class Target:
 class ExplainOptions:
     """Per-request explanation choices (which inputs are explained: TextInput.explain)."""
 
-    steps: int = 16  # integration steps
+    steps: int = 16  # integration steps to start with (steps + 1 points on the path)
     label: str | None = None  # label tasks: explain this label instead of the predicted one
+    # Double the steps while |delta| > tolerance * |output - baseline| (up to EXPLAIN_MAX_STEPS;
+    # 0: exactly `steps`). None: the service's EXPLAIN_TOLERANCE.
+    tolerance: float | None = None
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ def test_entities_and_answers_are_explained(store: AdapterStore, make_adapter: A
     ({"explain_label": "meh"}, "invalid_input", ["explain_label", "'meh'", "['neg', 'pos']"]),
     ({"explain_label": ""}, "validation_error", ["explain_label"]),
     ({"explain": "maybe"}, "validation_error", ["explain"]),
+    ({"explain_tolerance": -0.1}, "validation_error", ["explain_tolerance"]),
+    ({"explain_tolerance": 2}, "validation_error", ["explain_tolerance"]),
 ])
 def test_bad_options_are_refused_naming_the_field(served: TestClient, body: dict, code: str,
                                                   words: list[str]) -> None:
@@ -107,6 +109,25 @@ def test_bad_options_are_refused_naming_the_field(served: TestClient, body: dict
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["code"] == code and all(w in error["message"] for w in words), error
+
+
+def test_steps_double_until_the_delta_is_within_the_tolerance(served: TestClient) -> None:
+    def explain(**options: Any) -> dict[str, Any]:
+        r = served.post("/predict/sentiment", json={
+            "inputs": ["the film was not very good, it was slow"], "explain": True, **options})
+        assert r.status_code == 200, r.text
+        e: dict[str, Any] = r.json()["predictions"][0]["explanation"]
+        return e
+
+    coarse = explain(explain_steps=1, explain_tolerance=0)  # exactly one step: the trapezoid
+    assert coarse["steps"] == 1
+    change = coarse["output"] - coarse["baseline"]
+    assert abs(coarse["delta"]) > 0.001 * abs(change), "one step was exact: nothing to refine"
+    fine = explain(explain_steps=1, explain_tolerance=0.001)
+    assert fine["steps"] in (2, 4, 8, 16, 32, 64) and fine["steps"] > 1
+    assert abs(fine["delta"]) <= 0.001 * abs(change) or fine["steps"] == 64
+    assert (fine["output"], fine["baseline"]) == pytest.approx(
+        (coarse["output"], coarse["baseline"]), abs=1e-6)
 
 
 def test_a_label_is_refused_where_there_are_none(served: TestClient) -> None:

@@ -1,5 +1,6 @@
-"""Integrated gradients on the tiny BERT: as Captum computes them, complete, per word, the same
-in a mixed batch as alone, zero where a word cannot matter, and no parameter gradient."""
+"""Integrated gradients on the tiny BERT: as Captum computes them, complete (refined until they
+are), per word, the same in a mixed batch as alone, zero where a word cannot matter, and no
+parameter gradient."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from captum.attr import LayerIntegratedGradients
 from torch.testing import assert_close
 
 from app.model.adapter import AdapterConfig
-from app.model.attribution import baseline_ids, gauss_legendre, word_scores
+from app.model.attribution import (
+    PathIntegral,
+    baseline_ids,
+    clenshaw_curtis,
+    gauss_legendre,
+    node_alpha,
+    word_scores,
+)
 from app.model.bank import AdapterBank
 from app.model.encoder import FrozenEncoder
 from app.model.tokenization import Feature
@@ -60,8 +68,20 @@ class Served:
 
 
 def whole(targets: list[Target], steps: int = 16) -> PathChunk:
-    alphas, weights = gauss_legendre(steps)
-    return PathChunk(tuple(targets), tuple(alphas), tuple(weights), endpoints=True)
+    """Every point of the Clenshaw-Curtis rule with `steps` steps."""
+    nodes, _ = clenshaw_curtis(steps)
+    return PathChunk(tuple(targets), tuple(node_alpha(k) for k in nodes))
+
+
+def integral(steps: int, results: list[ChunkResult]) -> PathIntegral:
+    """The path of `steps` steps from the results of its points, in order."""
+    path = PathIntegral(steps)
+    nodes = clenshaw_curtis(steps)[0]
+    at = 0
+    for r in results:
+        path.add(nodes[at:at + len(r.terms)], r.terms, r.outputs)
+        at += len(r.terms)
+    return path
 
 
 def text(encoder: FrozenEncoder, value: str, pair: str | None = None) -> Feature:
@@ -72,7 +92,10 @@ def test_the_same_numbers_as_captums_layer_integrated_gradients(encoder: FrozenE
     served = Served(encoder)
     slot = served.add(1)
     feature = text(encoder, "the film was not very good", "it was slow")
-    (mine,) = served.explain([(slot, feature, whole([Target(label=1)], steps=20))])
+    alphas, weights = gauss_legendre(20)  # Captum's rule; ends for the delta
+    (mine, ends) = served.explain([(slot, feature, PathChunk((Target(label=1),), tuple(alphas))),
+                                   (slot, feature, PathChunk((Target(label=1),), (0.0, 1.0)))])
+    tokens = (torch.tensor(weights).view(-1, 1, 1) * mine.terms).sum(0)  # (K, T)
     batch = encoder.tokenizer.collate([feature])
     head = served.heads[slot]
 
@@ -82,25 +105,31 @@ def test_the_same_numbers_as_captums_layer_integrated_gradients(encoder: FrozenE
         return head.predict(hidden, mask)[:, 1]
 
     lig = LayerIntegratedGradients(forward, encoder.model.get_input_embeddings())
-    base = torch.tensor([baseline_ids(feature, encoder.tokenizer.pad_id)])
+    base = torch.tensor([baseline_ids(feature, encoder.tokenizer.baseline_id)])
     theirs, delta = lig.attribute(batch.input_ids, base, additional_forward_args=(
         batch.attention_mask, batch.token_type_ids), n_steps=20, method="gausslegendre",
         return_convergence_delta=True)
-    assert_close(mine.tokens[0], theirs.sum(-1)[0], atol=1e-6, rtol=1e-4)
-    assert mine.output is not None and mine.baseline is not None
-    assert_close(float(mine.tokens.sum() - (mine.output - mine.baseline)[0]), float(delta),
-                 atol=1e-6, rtol=1e-3)
+    assert_close(tokens[0], theirs.sum(-1)[0], atol=1e-6, rtol=1e-4)
+    base_out, output = ends.outputs[:, 0]
+    assert_close(float(tokens.sum() - (output - base_out)), float(delta), atol=1e-6, rtol=1e-3)
 
 
-def _explained(served: Served, task_type: str, slot: int, feature: Feature,
-               steps: int = 16):  # type: ignore[no-untyped-def]
-    """What the service would attach to the prediction of `feature`."""
+def _explained(served: Served, task_type: str, slot: int, feature: Feature, steps: int = 16,
+               tolerance: float = 0.01):  # type: ignore[no-untyped-def]
+    """What the service would attach to the prediction of `feature`: refined as the explainer
+    refines, up to 256 steps."""
     task = get_task(task_type)
     row = served.predict(slot, feature)
     (targets,) = task.explain_targets([feature], [row], [True], HEADS[task_type].labels, None,
                                       DecodeOptions())
-    (part,) = served.explain([(slot, feature, whole(targets, steps))])
-    return row, combine(feature, targets, [part], steps)
+    path = PathIntegral(steps)
+    while True:
+        nodes = path.missing()
+        (part,) = served.explain([(slot, feature, PathChunk(
+            tuple(targets), tuple(node_alpha(k) for k in nodes)))])
+        path.add(nodes, part.terms, part.outputs)
+        if not path.refine(tolerance, 256):
+            return row, combine(feature, targets, path)
 
 
 @pytest.mark.parametrize("task_type", HEADS)
@@ -132,26 +161,74 @@ def test_a_mixed_batch_of_two_adapters_gives_each_row_its_attributions_alone(
     together = served.explain(items)
     for item, got in zip(items, together, strict=True):
         (alone,) = served.explain([item])
-        assert_close(got.tokens, alone.tokens, atol=1e-6, rtol=1e-5)
-        assert_close(got.output, alone.output)
-        assert_close(got.baseline, alone.baseline)
+        assert_close(got.terms, alone.terms, atol=1e-6, rtol=1e-5)
+        assert_close(got.outputs, alone.outputs)
 
 
-def test_chunks_of_the_steps_add_up_to_the_whole_path(encoder: FrozenEncoder) -> None:
+def test_chunks_of_the_points_add_up_to_the_whole_path(encoder: FrozenEncoder) -> None:
     served = Served(encoder)
     slot = served.add(1)
     feature = text(encoder, "the movie was fun")
-    chunk = whole([Target(label=1)], steps=9)
+    chunk = whole([Target(label=1)], steps=8)
     (full,) = served.explain([(slot, feature, chunk)])
-    parts = served.explain([(slot, feature, PathChunk(chunk.targets, chunk.alphas[lo:lo + 4],
-                                                      chunk.weights[lo:lo + 4], lo == 0))
+    parts = served.explain([(slot, feature, PathChunk(chunk.targets, chunk.alphas[lo:lo + 4]))
                             for lo in range(0, 9, 4)])
-    assert [p.output is not None for p in parts] == [True, False, False]
-    (whole_path,) = combine(feature, list(chunk.targets), [full], 9)
-    (chunked,) = combine(feature, list(chunk.targets), parts, 9)
+    assert [len(p.terms) for p in parts] == [4, 4, 1]
+    (whole_path,) = combine(feature, list(chunk.targets), integral(8, [full]))
+    (chunked,) = combine(feature, list(chunk.targets), integral(8, parts))
     assert [w.score for w in chunked.attributions] == pytest.approx(
         [w.score for w in whole_path.attributions], abs=1e-6)
-    assert (chunked.output, chunked.baseline) == (whole_path.output, whole_path.baseline)
+    assert (chunked.output, chunked.baseline) == pytest.approx(
+        (whole_path.output, whole_path.baseline), abs=1e-6)
+
+
+def test_clenshaw_curtis_is_nested_and_exact_for_polynomials_of_its_degree() -> None:
+    for steps in (1, 2, 5, 8, 16, 64):
+        nodes, weights = clenshaw_curtis(steps)
+        assert nodes[0] == 0 and nodes[-1] == 1 and len(nodes) == steps + 1
+        assert set(nodes) <= set(clenshaw_curtis(2 * steps)[0])  # refining reuses every point
+        alphas = [node_alpha(k) for k in nodes]
+        assert (alphas[0], alphas[-1]) == (0.0, 1.0)
+        for degree in range(steps + 1):  # the integral of a^d over [0, 1] is 1 / (d + 1)
+            assert sum(w * a ** degree for a, w in zip(alphas, weights, strict=True)) == \
+                pytest.approx(1 / (degree + 1), abs=1e-12)
+
+
+def test_a_path_is_refined_until_its_delta_is_within_the_tolerance(
+        encoder: FrozenEncoder) -> None:
+    served = Served(encoder)
+    slot = served.add(5)
+    feature = text(encoder, "the film was not very good", "it was slow")
+    targets = (Target(label=0),)
+    path, taken, deltas = PathIntegral(2), 0, []
+    while True:
+        nodes = path.missing()
+        assert not set(nodes) & set(path.terms)  # a point is never taken twice
+        taken += len(nodes)
+        (part,) = served.explain([(slot, feature, PathChunk(targets, tuple(map(node_alpha,
+                                                                             nodes))))])
+        path.add(nodes, part.terms, part.outputs)
+        output, baseline = path.ends()
+        deltas.append(abs(float(path.tokens().sum() - (output - baseline)[0])))
+        if not path.refine(1e-4, 64):
+            break
+    assert taken == path.steps + 1  # every point of the last rule, each once
+    change = abs(float(output[0] - baseline[0]))
+    assert deltas[0] > 1e-4 * change, "the coarse rule was already exact: nothing was tested"
+    assert deltas[-1] <= 1e-4 * change or path.steps == 64
+    assert deltas[-1] < deltas[0]
+    assert not PathIntegral.refine(path, 0.0, 10 ** 6)  # tolerance 0: never refined
+
+
+def test_the_baseline_replaces_every_word_with_mask(encoder: FrozenEncoder) -> None:
+    feature = text(encoder, "the film", "was slow")
+    tokenizer = encoder.tokenizer
+    assert tokenizer.baseline_id == tokenizer.tokenizer.mask_token_id
+    ids = baseline_ids(feature, tokenizer.baseline_id)
+    assert [t for t, s in zip(ids, feature.sequence_ids, strict=True) if s is not None] == \
+        [tokenizer.baseline_id] * 4
+    assert [t for t, s in zip(ids, feature.sequence_ids, strict=True) if s is None] == \
+        [t for t, s in zip(feature.input_ids, feature.sequence_ids, strict=True) if s is None]
 
 
 def test_no_gradient_reaches_a_parameter(encoder: FrozenEncoder) -> None:
