@@ -47,6 +47,12 @@ ADAPTER_COLD_LOAD_SECONDS = Histogram(
     buckets=(.001, .002, .004, .008, .015, .03, .06, .12, .25, .5, 1, 2))
 BATCH_SECONDS = Histogram("batch_forward_seconds", "Time of one forward pass, decode included.",
                           namespace=NAMESPACE, registry=EVENTS, buckets=LATENCY_BUCKETS)
+EXPLAIN_STEPS = Histogram("explain_steps", "Integration steps of one explained input, after "
+                          "refinement (EXPLAIN_TOLERANCE).", namespace=NAMESPACE,
+                          registry=EVENTS, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+EXPLAIN_POINTS = Counter("explain_points", "Points on integration paths computed (each a row "
+                         "of an explain pass: a forward and a backward).", namespace=NAMESPACE,
+                         registry=EVENTS)
 
 
 class ServiceCollector(Collector):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from app import metrics
 from app.adapters.index import Key
 from app.model.attribution import Explanation, PathIntegral, node_alpha, word_scores
 from app.model.tokenization import Feature
@@ -42,9 +43,12 @@ class Explainer:
                       for nodes, chunk in self._chunks(features[n], targets[n], paths[n])]
             parts = await self.batcher.submit([Row(key, features[n], decode, chunk)
                                                for n, _, chunk in chunks], heavy=True)
+            metrics.EXPLAIN_POINTS.inc(sum(len(nodes) for _, nodes, _ in chunks))
             for (n, nodes, _), part in zip(chunks, parts, strict=True):
                 paths[n].add(nodes, part.terms, part.outputs)
             todo = [n for n in todo if paths[n].refine(tolerance, self.max_steps)]
+        for path in paths.values():
+            metrics.EXPLAIN_STEPS.observe(path.steps)
         explanations = [combine(f, ts, paths[n]) if n in paths else []
                         for n, (f, ts) in enumerate(zip(features, targets, strict=True))]
         return task.explained(predictions, features, explanations)

@@ -119,12 +119,21 @@ def test_steps_double_until_the_delta_is_within_the_tolerance(served: TestClient
         e: dict[str, Any] = r.json()["predictions"][0]["explanation"]
         return e
 
+    def points() -> float:  # adapter_serve_explain_points_total
+        (line,) = [x for x in served.get("/metrics").text.splitlines()
+                   if x.startswith("adapter_serve_explain_points_total ")]
+        return float(line.split()[1])
+
+    before = points()
     coarse = explain(explain_steps=1, explain_tolerance=0)  # exactly one step: the trapezoid
     assert coarse["steps"] == 1
+    assert points() - before == 2  # its two ends
     change = coarse["output"] - coarse["baseline"]
     assert abs(coarse["delta"]) > 0.001 * abs(change), "one step was exact: nothing to refine"
+    before = points()
     fine = explain(explain_steps=1, explain_tolerance=0.001)
     assert fine["steps"] in (2, 4, 8, 16, 32, 64) and fine["steps"] > 1
+    assert points() - before == fine["steps"] + 1  # each point of the last rule, once
     assert abs(fine["delta"]) <= 0.001 * abs(change) or fine["steps"] == 64
     assert (fine["output"], fine["baseline"]) == pytest.approx(
         (coarse["output"], coarse["baseline"]), abs=1e-6)
