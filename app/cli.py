@@ -157,7 +157,10 @@ def _ask(args: argparse.Namespace) -> int:
                 answer = {"jobs": [j.model_dump(mode="json")
                                    for j in client.jobs(args.status, args.limit)]}
             else:
-                answer = client.predict(args.task, args.text, args.version).model_dump(mode="json")
+                explain = {"explain": True, "explain_steps": args.explain_steps,
+                           "explain_label": args.explain_label} if args.explain else {}
+                answer = client.predict(args.task, args.text, args.version,
+                                        **explain).model_dump(mode="json")
     except AdapterServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -207,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("task", help="adapter name")
     predict.add_argument("text", nargs="+", help="one or more texts")
     predict.add_argument("--version", type=int, help="adapter version (default: the newest)")
+    predict.add_argument("--explain", action="store_true",
+                         help="add per-word attributions (integrated gradients)")
+    predict.add_argument("--explain-steps", type=int, default=16,
+                         help="integration steps to start with (default 16)")
+    predict.add_argument("--explain-label", help="explain this label, not the predicted one")
     _client_options(predict)
     return parser
 

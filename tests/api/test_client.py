@@ -181,6 +181,11 @@ def test_cli_jobs_and_predict(url: str, capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main(["predict", "sentiment", "a fine film", "dull", "--url", url]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["task"] == "sentiment" and len(answer["predictions"]) == 2
+    assert cli.main(["predict", "sentiment", "a fine film", "--url", url, "--explain",
+                     "--explain-steps", "4", "--explain-label", "neg"]) == 0
+    (explained,) = json.loads(capsys.readouterr().out)["predictions"]
+    assert [w["text"] for w in explained["attributions"]] == ["a", "fine", "film"]
+    assert explained["explanation"]["label"] == "neg" and explained["explanation"]["steps"] >= 4
     assert cli.main(["jobs", "--url", url, "--status", "running"]) == 0
     assert json.loads(capsys.readouterr().out) == {"jobs": []}
     assert cli.main(["predict", "nobody", "x", "--url", url]) == 1
