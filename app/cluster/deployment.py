@@ -37,6 +37,10 @@ STREAMED_SUFFIX = "/events"  # server-sent events: the answer is relayed as it i
 # default, 5, would starve it); the ingress only relays.
 REPLICA_MAX_ONGOING = 256
 INGRESS_MAX_ONGOING = 1024
+SERVED_BY_HEADER = b"x-served-by"  # the replica that answered: to see affinity at work
+# Ray Serve's proxy gives every request an X-Request-ID (the client's, else a new one), passes it
+# on (so the app uses it) and writes it on the answer itself: the app's copy would repeat it.
+PROXY_WRITES = frozenset({b"x-request-id"})
 
 
 def affinity_key(path: str) -> str:
@@ -61,15 +65,19 @@ class ServiceReplica:
 
         self._hold: Callable[[str], Awaitable[str]] = serve.multiplexed(
             max_num_models_per_replica=cfg.cluster_affinity_adapters)(held)
+        self._served_by = (SERVED_BY_HEADER,
+                           serve.get_replica_context().replica_id.unique_id.encode())
 
     async def answer(self, req: Forwarded) -> Answer:
         await self._announce()
-        return await asgi.answer(self.app, req)
+        whole = await asgi.answer(self.app, req)
+        return Answer(whole.status, [*whole.headers, self._served_by], whole.body)
 
     async def stream(self, req: Forwarded) -> AsyncIterator[Head | bytes]:
         await self._announce()
         async for part in asgi.call(self.app, req):
-            yield part
+            yield Head(part.status, [*part.headers, self._served_by]) if isinstance(
+                part, Head) else part
 
     async def _announce(self) -> None:
         """Tell Ray Serve's routers that this replica holds the request's adapter now."""
@@ -119,14 +127,18 @@ class Ingress:
                 log.warning("stream of %s cut: %s", req.path, type(exc).__name__)
 
         response = StreamingResponse(body(), status_code=head.status)
-        response.raw_headers = head.headers
+        response.raw_headers = _relayed(head.headers)
         return response
 
 
 def _response(status: int, headers: asgi.RawHeaders, body: bytes) -> Response:
     response = Response(body, status_code=status)
-    response.raw_headers = headers  # as the replica wrote them, content-length included
+    response.raw_headers = _relayed(headers)  # as the replica wrote them, content-length too
     return response
+
+
+def _relayed(headers: asgi.RawHeaders) -> asgi.RawHeaders:
+    return [(k, v) for k, v in headers if k.lower() not in PROXY_WRITES]
 
 
 def _unavailable(request: Request, exc: RayError) -> Response:
