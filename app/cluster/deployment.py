@@ -95,15 +95,16 @@ class ServiceReplica:
 class Ingress:
     """Relays each HTTP request to a replica, with its adapter as the affinity key."""
 
-    def __init__(self, replicas: DeploymentHandle[Any]) -> None:
+    def __init__(self, replicas: DeploymentHandle[Any], affinity: bool = True) -> None:
         self.replicas = replicas
+        self.affinity = affinity  # off: Ray's default routing (the benchmark's baseline)
 
     async def __call__(self, request: Request) -> Response:
         req = Forwarded(request.method, request.url.path, request.scope.get("query_string", b""),
                         list(request.scope["headers"]), await request.body(),
                         (request.client.host, request.client.port) if request.client else None)
         handle = self.replicas
-        if key := affinity_key(req.path):
+        if self.affinity and (key := affinity_key(req.path)):
             handle = handle.options(multiplexed_model_id=key)
         try:
             if req.path.endswith(STREAMED_SUFFIX):
@@ -151,8 +152,8 @@ def _unavailable(request: Request, exc: RayError) -> Response:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The Ray Serve application. `args` (all optional): replicas, replica_cpus, replica_gpus,
-    ingress_replicas, and settings (Settings fields for every replica and the job queue; the
-    rest comes from each node's environment)."""
+    ingress_replicas, affinity (false: no adapter affinity), and settings (Settings fields for
+    every replica and the job queue; the rest comes from each node's environment)."""
     settings = dict(args.get("settings") or {})
     replica = serve.deployment(
         name="ServiceReplica", num_replicas=int(args.get("replicas", 2)),
@@ -164,4 +165,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         name="Ingress", num_replicas=int(args.get("ingress_replicas", 1)),
         max_ongoing_requests=INGRESS_MAX_ONGOING, ray_actor_options={"num_cpus": 0},
     )(Ingress)
-    return ingress.bind(replica)
+    return ingress.bind(replica, _flag(args.get("affinity", True)))
+
+
+def _flag(value: object) -> bool:
+    """A boolean from YAML or the command line ("false" is false)."""
+    return value.strip().lower() not in ("0", "false", "no", "off") if isinstance(
+        value, str) else bool(value)

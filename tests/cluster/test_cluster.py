@@ -17,12 +17,11 @@ from fastapi.testclient import TestClient
 
 from app.adapters.backends import open_store
 from tests.api.helpers import QUICK, SLOW, submit_job, wait_for_job
-from tests.cluster.conftest import RayServe
+from tests.cluster.conftest import ADMIN_KEY, RayServe
 
 ray = pytest.importorskip("ray")
-from ray import serve  # noqa: E402
 
-from app.cluster.asgi import Forwarded  # noqa: E402
+from app.cluster import probe  # noqa: E402
 from app.cluster.launch import APP_NAME  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -101,28 +100,10 @@ def test_a_job_trains_on_the_cluster_and_every_replica_serves_it(ray_serve: RayS
         assert done["status"] == "succeeded" and done["adapter"] == {"name": "senti",
                                                                       "version": 1}
     finished = datetime.fromisoformat(done["finished_at"]).timestamp()
-    serving = every_replica_serving(ray_serve, "senti")
-    print(f"every replica served the new adapter {serving - finished:.2f} s after the job ended")
-
-
-def every_replica_serving(ray_serve: RayServe, name: str) -> float:
-    """When both replicas have answered a prediction with `name`: asked without affinity, so
-    that Ray spreads the calls over both."""
-    handle = serve.get_deployment_handle("ServiceReplica", APP_NAME)
-    request = Forwarded("POST", f"/predict/{name}", b"", [
-        (b"content-type", b"application/json"),
-        (b"authorization", f"Bearer {ray_serve.settings['api_keys'].split(':')[0]}".encode())],
-        json.dumps(TEXT).encode())
-    serving: set[str] = set()
-
-    def both() -> bool:
-        answer = handle.answer.remote(request).result()
-        if answer.status == 200:
-            serving.add(dict(answer.headers)[b"x-served-by"].decode())
-        return len(serving) == 2
-
-    eventually(both, what=f"both replicas serve {name}")
-    return time.time()
+    probe.ask_every_replica(APP_NAME, probe.request("POST", "/predict/senti", TEXT, ADMIN_KEY),
+                            replicas=2)
+    print(f"every replica served the new adapter {time.time() - finished:.2f} s after the job "
+          f"ended")
 
 
 def test_requests_for_an_adapter_stay_on_one_replica(ray_serve: RayServe,
@@ -150,18 +131,6 @@ def test_a_job_is_cancelled_through_the_cluster(ray_serve: RayServe) -> None:
         assert done["status"] == "cancelled"
         assert done["error"] == "cancelled on request; nothing was stored"
         assert c.get("/adapters/slow").status_code == 404
-
-
-def replica_pid(replica_id: str) -> int:
-    [actor] = [a for a in ray.util.list_named_actors(all_namespaces=True)
-               if "ServiceReplica" in a["name"] and a["name"].endswith(replica_id)]
-    handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
-    return int(ray.get(handle.__ray_call__.remote(lambda self: os.getpid())))
-
-
-def running_replicas() -> int:
-    status = serve.status().applications[APP_NAME].deployments["ServiceReplica"]
-    return int(status.replica_states.get("RUNNING", 0))
 
 
 def test_a_replica_killed_under_load_is_replaced(ray_serve: RayServe,
@@ -192,11 +161,11 @@ def test_a_replica_killed_under_load_is_replaced(ray_serve: RayServe,
         t.start()
     try:
         eventually(lambda: sum(s == 200 for _, s, _ in outcomes) >= 50, what="load running")
-        os.kill(replica_pid(victim), signal.SIGKILL)
+        os.kill(probe.replica_pid(victim), signal.SIGKILL)
         killed = time.monotonic()
         eventually(lambda: any(t > killed and s == 200 for t, s, _ in outcomes[-8:]),
                    timeout=120, what="answers again")
-        eventually(lambda: running_replicas() == 2, timeout=120, what="the replica replaced")
+        eventually(lambda: probe.running_replicas(APP_NAME) == 2, timeout=120, what="the replica replaced")
         recovered = time.monotonic()
         eventually(lambda: sum(t > recovered for t, _, _ in outcomes) >= 200,
                    what="load after recovery")
