@@ -57,11 +57,8 @@ class JobQueue:
         await self._started
         result = await asyncio.to_thread(getattr(self.manager.db, method), *args)
         if method in WAKES:
-            self.manager._wakeup.set()
+            self.manager.wake()
         return result
-
-    async def workers_alive(self) -> int:
-        return self.manager.workers_alive()
 
     def _launch(self, job_id: str, settings: WorkerSettings) -> Worker:
         me = ray.get_runtime_context().current_actor
@@ -85,6 +82,10 @@ class RayWorker:
     def exit_reason(self) -> str:
         try:
             ray.get(self.ref)
+        except RayTaskError as exc:  # raised in the task, past its own error handling
+            log.error("training task failed: %s", exc)
+            return (f"the training task failed ({type(exc.cause).__name__}: "
+                    f"{_first_line(exc.cause)}); nothing was stored")
         except RayError as exc:
             return (f"the training task ended without a result ({type(exc).__name__}: "
                     f"{_first_line(exc)}); nothing was stored")
@@ -104,7 +105,11 @@ def _train(job_id: str, settings: WorkerSettings, queue: Any, threads: int) -> N
     import torch
 
     torch.set_num_threads(settings.train_threads or threads)
-    execute_job(job_id, settings, RemoteJobDB(queue), parent_alive=lambda: True)
+    try:
+        execute_job(job_id, settings, RemoteJobDB(queue), parent_alive=lambda: True)
+    except Exception:  # the job could not even record its failure: the queue says it died
+        log.exception("training job %s: its task failed", job_id)
+        raise
 
 
 class RemoteJobDB:
@@ -117,7 +122,9 @@ class RemoteJobDB:
         try:
             return ray.get(self.queue.call.remote(method, *args))
         except RayTaskError as exc:  # a domain error raised there is raised here, as itself
-            raise exc.cause from None
+            if isinstance(exc.cause, Exception):
+                raise exc.cause from None
+            raise
         except RayActorError as exc:
             raise NotReadyError(f"the training job queue cannot be reached now (it restarts "
                                 f"on the head node): {_first_line(exc)}") from exc

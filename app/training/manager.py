@@ -187,8 +187,12 @@ class JobManager:
 
     def cancel(self, job_id: str) -> Job:
         job = self.db.request_cancel(job_id)
-        self._wakeup.set()
+        self.wake()
         return job
+
+    def wake(self) -> None:
+        """Act now on a queued job or a cancel (made here, or by another process's call)."""
+        self._wakeup.set()
 
     # -------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
