@@ -23,11 +23,13 @@ again, and the failures among --requests/2 requests after that. Prints one JSON 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import random
 import signal
 import socket
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -87,6 +89,7 @@ class Traffic:
 
     def start(self, port: int, requests: int, seed: int) -> Any:
         pool = multiprocessing.get_context("spawn").Pool(1)
+        pool.apply(int)  # the process is up and has imported this module: the load starts now
         return pool, pool.apply_async(generate, (
             HOST, port, self.clients, requests, self.names, self.texts, seed, self.weights))
 
@@ -174,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.adapters, args.resident, args.requests = 200, 100, 800
     setup_logging()
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+    # Ray prints its workers' deaths (the kill -9 case) on stdout: keep it for the JSON.
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp, \
+            contextlib.redirect_stdout(sys.stderr):
         result = run(args, Path(tmp))
     emit(result)
 
