@@ -49,20 +49,20 @@ def deploy(options: ClusterOptions, blocking: bool = True) -> None:
     """Deploy the service; with `blocking`, serve until interrupted, then take it down."""
     ray.init(address=options.address, namespace=NAMESPACE, include_dashboard=False,
              runtime_env={"env_vars": settings_environment()})
-    serve.start(http_options={"host": options.host, "port": options.port})
-    args: dict[str, Any] = {"replicas": options.replicas, "replica_cpus": options.replica_cpus,
-                            "replica_gpus": options.replica_gpus}
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-    log.info("serving on http://%s:%d with %d replicas", options.host, options.port,
-             options.replicas)
-    if not blocking:
-        return
     try:
+        serve.start(http_options={"host": options.host, "port": options.port})
+        args: dict[str, Any] = {"replicas": options.replicas,
+                                "replica_cpus": options.replica_cpus,
+                                "replica_gpus": options.replica_gpus}
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+        log.info("serving on http://%s:%d with %d replicas", options.host, options.port,
+                 options.replicas)
+        if not blocking:
+            return
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        log.info("stopping: the application is deleted; the Ray cluster keeps running when "
-                 "it was joined")
-    finally:
+    except KeyboardInterrupt:  # Ctrl+C, also while deploying
+        log.info("stopping: the application is deleted; a joined Ray cluster keeps running")
+    if blocking:
         serve.delete(APP_NAME)
         ray.shutdown()
