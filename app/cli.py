@@ -23,6 +23,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    """Deploy on Ray Serve (the `cluster` extra): replicas on a Ray cluster, one HTTP API."""
+    try:
+        from app.cluster.launch import ClusterOptions, deploy
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] != "ray":
+            raise
+        print("error: adapter-serve cluster needs Ray Serve: pip install 'adapter-serve[cluster]'",
+              file=sys.stderr)
+        return 2
+    from app.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    deploy(ClusterOptions(args.replicas, args.address, args.host or settings.host,
+                          args.port or settings.port, args.replica_cpus, args.replica_gpus))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     """Train offline into the store (the same code as POST /adapters, without the server)."""
     import json
@@ -185,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default: HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: PORT or 8000)")
     serve.set_defaults(func=_serve)
+    cluster = sub.add_parser("cluster", help="start (or join) a Ray cluster and serve the same "
+                             "API from replicas on Ray Serve")
+    cluster.add_argument("--replicas", type=int, default=2, help="serving replicas (default 2)")
+    cluster.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001); "
+                         "default: start one on this machine")
+    cluster.add_argument("--host", help="bind address of the HTTP proxy (default: HOST)")
+    cluster.add_argument("--port", type=int, help="its port (default: PORT)")
+    cluster.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica")
+    cluster.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica "
+                         "(1 on GPU nodes)")
+    cluster.set_defaults(func=_cluster)
     train = sub.add_parser("train", help="train an adapter offline into ADAPTERS_DIR")
     train.add_argument("--name", required=True, help="adapter name")
     train.add_argument("--data", required=True, help="training rows: JSONL or CSV")

@@ -126,6 +126,16 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(10.0, gt=0, description="A cancelled worker that has not "
                                         "stopped after this long is killed.")
 
+    # --- cluster (adapter-serve cluster, app/cluster/) --------------------------------------
+    cluster_train_cpus: float = Field(1.0, ge=0, description="CPUs a training job's Ray task "
+                                      "asks for (its torch threads unless TRAIN_THREADS is set).")
+    cluster_train_gpus: float = Field(0.0, ge=0, description="GPUs a training job's Ray task "
+                                      "asks for (1: jobs run on GPU nodes only).")
+    cluster_affinity_adapters: int = Field(
+        64, ge=1, description="Adapters a replica announces as held for routing (Ray Serve's "
+        "multiplexed model ids, least recently used dropped): requests for them go to it first. "
+        "Match it to what a replica's device tier holds.")
+
     # --- security ---------------------------------------------------------------------------
     api_keys: str = Field("", repr=False, description="Comma-separated `key:scope` pairs "
                           "(scope `predict` or `admin`). Empty (and no API_KEYS_FILE): no auth.")

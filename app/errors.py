@@ -66,6 +66,12 @@ class OverloadedError(ServiceError):
         self.retry_after = retry_after
 
 
+class ReplicaUnavailableError(OverloadedError):
+    """On a cluster: the replica answering died or cannot be reached; retrying reaches another."""
+
+    code = "replica_unavailable"
+
+
 class RequestTimeoutError(ServiceError):
     code = "timeout"
 

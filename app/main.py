@@ -17,12 +17,15 @@ from app.api.middleware import BodyLimitMiddleware, ObserveMiddleware
 from app.api.routes import adapters, console, health, jobs, meta, predict, training
 from app.config import Settings, get_settings
 from app.logs import configure_logging
-from app.services import Services
+from app.services import JobsFactory, Services
+from app.training.manager import JobManager
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, make_jobs: JobsFactory = JobManager) -> FastAPI:
+    """The service; `make_jobs` builds its training job manager (a cluster's replicas pass
+    theirs: app.cluster.jobs)."""
     cfg = settings or get_settings()
 
     @asynccontextmanager
@@ -31,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys = KeyRing.from_settings(cfg)  # a malformed key list stops the start, loudly
         log.info("API keys: %s", f"{len(keys.digests)} configured" if keys.enabled
                  else "none (every endpoint is open)")
-        services = await anyio.to_thread.run_sync(Services.build, cfg)
+        services = await anyio.to_thread.run_sync(Services.build, cfg, make_jobs)
         await services.start()
         app.state.keys, app.state.services = keys, services
         log.info("ready: %d adapters in %s", services.status().adapters_stored, cfg.adapters_dir)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +19,7 @@ from app.adapters.service import AdapterService
 from app.adapters.storage import Store
 from app.adapters.tiers import TierBudgets
 from app.config import Settings
-from app.model.encoder import FrozenEncoder
+from app.model.encoder import BaseModelInfo, FrozenEncoder
 from app.serving.batcher import Batcher, BatchLimits
 from app.serving.engine import InferenceEngine, Row
 from app.serving.predictor import PredictionService, PredictLimits
@@ -27,6 +28,8 @@ from app.training.jobs import Job
 from app.training.manager import JobManager
 
 log = logging.getLogger(__name__)
+# (settings, store, on_stored, served base) -> the job manager; JobManager itself on one machine.
+JobsFactory = Callable[[Settings, Store, Callable[[str, int], object], BaseModelInfo], JobManager]
 
 GC_FREEZE_CHECK_S = 10.0  # how often the adapters held are checked for having settled
 
@@ -44,7 +47,7 @@ class Services:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, make_jobs: JobsFactory = JobManager) -> Services:
         torch.set_num_threads(settings.num_threads or os.cpu_count() or 1)
         encoder = FrozenEncoder.load(settings.base_model, settings.device, settings.dtype,
                                      settings.max_seq_length)
@@ -66,7 +69,7 @@ class Services:
             settings.explain_tolerance))
         adapters = AdapterService(store, registry, settings.max_adapter_bytes,
                                   settings.strict_base)
-        jobs = JobManager(settings, store, on_stored=registry.ensure_indexed, base=encoder.info)
+        jobs = make_jobs(settings, store, registry.ensure_indexed, encoder.info)
         return cls(settings, encoder, store, registry, adapters, batcher, predictor, jobs)
 
     def readiness(self) -> ReadinessReport:

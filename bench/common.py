@@ -140,7 +140,11 @@ def scrape_metrics(url: str) -> dict[str, float]:
     `x_total` and `x`, as clients read them either way); a labelled sample by its name with the
     labels as written, e.g. `x_total{tier="disk"}`."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
-        text = response.read().decode()
+        return parse_metrics(response.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text, as scrape_metrics gives them."""
     samples: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")

@@ -1,4 +1,7 @@
-"""The job queue in the API process: submit, cancel, and one worker process per running job."""
+"""The job queue in the API process: submit, cancel, and one worker process per running job.
+
+On a cluster the queue and its workers live elsewhere (app.cluster.jobs): a serving replica's
+manager submits, reads and cancels only, and the one dispatching manager launches Ray tasks."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.adapters.format import AdapterMetadata
 from app.adapters.storage import Store, validate_name
@@ -21,7 +24,7 @@ from app.config import Settings
 from app.errors import InvalidInputError, ServiceError
 from app.training.config import TrainConfig
 from app.training.data import prepare
-from app.training.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobDB
+from app.training.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobDB, JobRecords
 from app.training.search import search_split
 from app.training.worker import CANCELLED_ERROR, WorkerSettings, job_result, run_job
 
@@ -55,19 +58,71 @@ def _exit_reason(exitcode: int | None) -> str:
     return f"the training worker exited with code {exitcode} without a result; nothing was stored"
 
 
+class Worker(Protocol):
+    """A running job's worker, as the dispatcher sees it: a process here, a Ray task on a
+    cluster."""
+
+    def alive(self) -> bool: ...
+
+    def exit_reason(self) -> str:
+        """Once it is not alive: why it ended without recording a result."""
+        ...
+
+    def kill(self) -> None: ...
+
+    def stop(self, timeout: float) -> None:
+        """Ask it to stop, and kill it if it has not after `timeout` seconds."""
+        ...
+
+
+Launcher = Callable[[str, WorkerSettings], Worker]  # (job id, its settings) -> its worker
+
+
+class ProcessWorker:
+    """A worker process of this machine."""
+
+    def __init__(self, proc: BaseProcess) -> None:
+        self.proc = proc
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def exit_reason(self) -> str:
+        self.proc.join()
+        return _exit_reason(self.proc.exitcode)
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def stop(self, timeout: float) -> None:
+        self.proc.terminate()
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
 class JobManager:
-    """Runs queued jobs, at most `training_concurrency` at a time, each in its own process."""
+    """Runs queued jobs, at most `training_concurrency` at a time, each in its own process.
+
+    `db` and `launcher` default to this machine's: the SQLite file and worker processes. With
+    `dispatch=False` another manager runs the queue (a cluster's): this one only submits, reads
+    and cancels.
+    """
 
     def __init__(self, settings: Settings, store: Store,
-                 on_stored: Callable[[str, int], object], base: BaseModelInfo | None = None
-                 ) -> None:
+                 on_stored: Callable[[str, int], object], base: BaseModelInfo | None = None,
+                 db: JobRecords | None = None, launcher: Launcher | None = None,
+                 dispatch: bool = True) -> None:
         self.settings = settings
         self.base = base  # the served base: a config it cannot run is refused at submit
         self._worker_settings = WorkerSettings.of(settings)  # all a worker gets: no secrets
         self.store = store
-        self.db = JobDB(settings.jobs_db_path)
+        self.db: JobRecords = db if db is not None else JobDB(settings.jobs_db_path)
         self._on_stored = on_stored
-        self._procs: dict[str, BaseProcess] = {}
+        self._launcher = launcher or self._launch_process
+        self._dispatch = dispatch
+        self._procs: dict[str, Worker] = {}
         self._cancel_seen: dict[str, float] = {}
         self._ctx = multiprocessing.get_context("spawn")
         self._task: asyncio.Task[None] | None = None
@@ -115,11 +170,11 @@ class JobManager:
 
     @property
     def dispatching(self) -> bool:
-        """The task that starts queued jobs is alive."""
-        return self._task is not None and not self._task.done()
+        """The task that starts queued jobs is alive (elsewhere: assumed, it restarts)."""
+        return not self._dispatch or (self._task is not None and not self._task.done())
 
     def workers_alive(self) -> int:
-        return sum(p.is_alive() for p in list(self._procs.values()))
+        return sum(p.alive() for p in list(self._procs.values()))
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each status."""
@@ -135,11 +190,17 @@ class JobManager:
 
     def cancel(self, job_id: str) -> Job:
         job = self.db.request_cancel(job_id)
-        self._wakeup.set()
+        self.wake()
         return job
+
+    def wake(self) -> None:
+        """Act now on a queued job or a cancel (made here, or by another process's call)."""
+        self._wakeup.set()
 
     # -------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        if not self._dispatch:
+            return
         for job in self.db.list(RUNNING, limit=1_000_000):  # the previous process died
             self._settle(job, SERVICE_DIED)
         self._task = asyncio.create_task(self._run(), name="job-dispatch")
@@ -158,11 +219,7 @@ class JobManager:
 
     async def _stop_workers(self) -> None:
         for job_id, proc in list(self._procs.items()):
-            proc.terminate()
-            await asyncio.to_thread(proc.join, 10)
-            if proc.is_alive():
-                proc.kill()
-                await asyncio.to_thread(proc.join)
+            await asyncio.to_thread(proc.stop, 10)
             self._settle(self.db.get(job_id), None)
         self._procs.clear()
 
@@ -188,21 +245,24 @@ class JobManager:
                 self._launch(job)
 
     def _launch(self, job: Job) -> None:
+        self._procs[job.id] = self._launcher(job.id, self._worker_settings)
+
+    def _launch_process(self, job_id: str, settings: WorkerSettings) -> Worker:
         proc = self._ctx.Process(
-            target=run_job, name=f"train-{job.id[:8]}", daemon=True,
-            args=(job.id, self._worker_settings, os.getpid()))
+            target=run_job, name=f"train-{job_id[:8]}", daemon=True,
+            args=(job_id, settings, os.getpid()))
         proc.start()
-        self._procs[job.id] = proc
-        log.info("job %s started in worker pid %s", job.id, proc.pid)
+        log.info("job %s started in worker pid %s", job_id, proc.pid)
+        return ProcessWorker(proc)
 
     def _reap(self) -> None:
         for job_id, proc in list(self._procs.items()):
-            if proc.is_alive():
+            if proc.alive():
                 continue
-            proc.join()
+            reason = proc.exit_reason()
             del self._procs[job_id]
             self._cancel_seen.pop(job_id, None)
-            self._settle(self.db.get(job_id), _exit_reason(proc.exitcode))
+            self._settle(self.db.get(job_id), reason)
             job = self.db.get(job_id)
             self._announce(job)
             log.info("job %s ended: %s", job_id, job.status)
@@ -248,6 +308,6 @@ class JobManager:
             if not self.db.get(job_id).cancel_requested:
                 continue
             first = self._cancel_seen.setdefault(job_id, now)
-            if now - first > self.settings.cancel_grace_seconds and proc.is_alive():
+            if now - first > self.settings.cancel_grace_seconds and proc.alive():
                 log.warning("job %s did not stop after cancel: killing its worker", job_id)
                 proc.kill()

@@ -26,7 +26,7 @@ from app.tasks.base import TrainingData
 from app.training.config import TrainConfig
 from app.training.curve import LossCurve
 from app.training.data import prepare
-from app.training.jobs import CANCELLED, FAILED, SUCCEEDED, JobDB
+from app.training.jobs import CANCELLED, FAILED, SUCCEEDED, JobDB, JobRecords
 from app.training.loop import Progress, TrainingCancelled, TrainResult, train_adapter
 from app.training.search import search_and_train, search_summary
 
@@ -146,7 +146,14 @@ def run_job(job_id: str, settings: WorkerSettings, parent_pid: int) -> None:
     configure_logging(settings.log_level, settings.log_format, job_id=job_id)
     os.nice(settings.train_nice)
     torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)
-    db = JobDB(settings.jobs_db_path)
+    execute_job(job_id, settings, JobDB(settings.jobs_db_path),
+                parent_alive=lambda: os.getppid() == parent_pid)
+
+
+def execute_job(job_id: str, settings: WorkerSettings, db: JobRecords,
+                parent_alive: Callable[[], bool]) -> None:
+    """Train one claimed job, reporting to `db`, and record how it ended; `parent_alive` says
+    whether whoever dispatched it still waits for it (else the job stops, storing nothing)."""
     db.set_worker(job_id, os.getpid())
     progress, cancel = _Throttle(REPORT_EVERY_S), _Throttle(REPORT_EVERY_S)
     curve = LossCurve()
@@ -162,12 +169,12 @@ def run_job(job_id: str, settings: WorkerSettings, parent_pid: int) -> None:
                 curve.points())
 
     def should_stop() -> bool:
-        if os.getppid() != parent_pid:
+        if not parent_alive():
             return True
         return cancel.ready() and db.cancel_requested(job_id)
 
     def before_save() -> None:
-        if os.getppid() != parent_pid or db.cancel_requested(job_id):
+        if not parent_alive() or db.cancel_requested(job_id):
             raise TrainingCancelled()
 
     try:

@@ -1,0 +1,46 @@
+"""deploy/serve.yaml and deploy/kuberay.yaml stay deployable: Ray Serve accepts their config,
+their settings are Settings, and their application builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.config import Settings
+
+pytest.importorskip("ray.serve")
+from ray.serve.schema import ServeDeploySchema  # noqa: E402
+
+from app.cluster.deployment import affinity_key, build_app  # noqa: E402
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def serve_configs() -> list[tuple[str, dict[str, Any]]]:
+    kuberay = [doc for doc in yaml.safe_load_all((DEPLOY / "kuberay.yaml").read_text())
+               if doc["kind"] == "RayService"]
+    return [("serve.yaml", yaml.safe_load((DEPLOY / "serve.yaml").read_text())),
+            *(("kuberay.yaml", yaml.safe_load(doc["spec"]["serveConfigV2"])) for doc in kuberay)]
+
+
+@pytest.mark.parametrize(("name", "config"), serve_configs(), ids=lambda v: v if isinstance(
+    v, str) else "")
+def test_the_serve_config_deploys_this_application(name: str, config: dict[str, Any]) -> None:
+    schema = ServeDeploySchema.parse_obj(config)
+    [application] = schema.applications
+    assert application.import_path == "app.cluster.deployment:build_app"
+    settings = application.args["settings"]
+    assert set(settings) <= set(Settings.model_fields), name
+    Settings(**settings)  # every value valid
+    app = build_app(application.args)
+    assert app._bound_deployment.name == "Ingress"
+
+
+@pytest.mark.parametrize(("path", "key"), [
+    ("/predict/senti", "senti"), ("/predict/senti/", "senti"), ("/predict/", ""),
+    ("/predict/a/b", ""), ("/adapters/senti", ""), ("/jobs/1/events", "")])
+def test_a_prediction_is_routed_by_its_adapter_and_nothing_else_is(path: str, key: str) -> None:
+    assert affinity_key(path) == key
