@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -45,10 +46,24 @@ def settings_environment(environ: dict[str, str] | None = None) -> dict[str, str
     return {name: value for name, value in env.items() if name.upper() in names}
 
 
+def local_cpus(options: ClusterOptions, settings: Settings, cores: int | None = None) -> int:
+    """Logical CPUs of a Ray cluster started here: the cores, or as many as the replicas and
+    the training jobs reserve together, if more. Ray schedules by these reservations, so a
+    machine whose replicas reserve every core would leave a training job pending for ever; on
+    one machine they share the cores instead (the replicas idle between requests)."""
+    reserved = options.replicas * options.replica_cpus \
+        + settings.training_concurrency * settings.cluster_train_cpus
+    return max(cores or os.cpu_count() or 1, math.ceil(reserved))
+
+
 def deploy(options: ClusterOptions, blocking: bool = True) -> None:
     """Deploy the service; with `blocking`, serve until interrupted, then take it down."""
+    start: dict[str, Any] = {}
+    if options.address is None:  # a new local cluster: room for the replicas and training
+        start["num_cpus"] = local_cpus(options, Settings())
+        log.info("starting a local Ray cluster with %d logical CPUs", start["num_cpus"])
     ray.init(address=options.address, namespace=NAMESPACE, include_dashboard=False,
-             runtime_env={"env_vars": settings_environment()})
+             runtime_env={"env_vars": settings_environment()}, **start)
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
         args: dict[str, Any] = {"replicas": options.replicas,

@@ -44,3 +44,14 @@ def test_the_serve_config_deploys_this_application(name: str, config: dict[str, 
     ("/predict/a/b", ""), ("/adapters/senti", ""), ("/jobs/1/events", "")])
 def test_a_prediction_is_routed_by_its_adapter_and_nothing_else_is(path: str, key: str) -> None:
     assert affinity_key(path) == key
+
+
+def test_a_local_cluster_has_room_for_its_replicas_and_a_training_job() -> None:
+    from app.cluster.launch import ClusterOptions, local_cpus
+
+    options = ClusterOptions(replicas=2, address=None, host="127.0.0.1", port=8000,
+                             replica_cpus=1.0, replica_gpus=0.0)
+    # Two replicas on two cores reserve both: the training job's task needs a third.
+    assert local_cpus(options, Settings(), cores=2) == 3
+    assert local_cpus(options, Settings(training_concurrency=2, cluster_train_cpus=2), cores=2) == 6
+    assert local_cpus(options, Settings(), cores=16) == 16  # room enough: the cores
