@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+REPLACE_Z = 1.645  # one-sided 95%: a trial replaces the starting recipe only by a clear lead
 TrialState = Literal["running", "complete", "pruned", "failed", "cancelled"]
 
 
@@ -24,7 +26,7 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)  # at its best epoch
     best_epoch: int | None = None
     curve: list[float] = field(default_factory=list)  # the score after each epoch
-    pruned_by: str | None = None  # "pruner" or "budget"
+    stopped_by: str | None = None  # "budget": finished early, at the epochs that fitted
     error: str | None = None
     seconds: float = 0.0
 
@@ -54,10 +56,14 @@ def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
 
 
 def choose(trials: list[TrialRecord], objective: Literal["quality", "balanced"],
-           standard_error: Callable[[float], float]) -> Choice:
-    """quality: the best score (ties: the cheaper). balanced: the cheapest trial (relative
-    cost, then parameters) whose score is within one standard error of the best score: a
-    difference smaller than that is not one the search's validation rows can tell apart."""
+           standard_error: Callable[[float], float], start: int | None = None) -> Choice:
+    """quality: the best score (ties: the cheaper), unless `start` (the starting recipe's
+    trial) finished and the best leads it by no more than REPLACE_Z standard errors of their
+    difference: the best of several noisy scores is overrated (the winner's curse), and the
+    starting recipe is the one known to work across data sets. balanced: the cheapest trial
+    (relative cost, then parameters) whose score is within one standard error of the best
+    score: a difference smaller than that is not one the search's validation rows can tell
+    apart."""
     done = [t for t in trials if t.state == "complete" and t.score is not None]
     if not done:
         return Choice(None, "no trial finished within the budget: the starting config was "
@@ -67,8 +73,19 @@ def choose(trials: list[TrialRecord], objective: Literal["quality", "balanced"],
     se = standard_error(best.score)
     front = [t.number for t in pareto_front(done)]
     if objective == "quality":
-        return Choice(best.number, f"highest validation score {best.score:.4f} of {len(done)} "
-                      f"finished trials", front, round(se, 5))
+        why = f"highest validation score {best.score:.4f} of {len(done)} finished trials"
+        first = next((t for t in done if t.number == start and t is not best), None)
+        if first is not None and first.score is not None:
+            lead = best.score - first.score
+            margin = REPLACE_Z * math.hypot(se, standard_error(first.score))
+            if lead <= margin:
+                return Choice(first.number, f"kept the starting recipe (trial {first.number}, "
+                              f"score {first.score:.4f}): the best, trial {best.number} at "
+                              f"{best.score:.4f}, leads it by {lead:.4f}, not more than the "
+                              f"{margin:.4f} that noise can give ({REPLACE_Z} standard errors "
+                              f"of a difference)", front, round(se, 5))
+            why += f", {lead:.4f} over the starting recipe (noise: up to {margin:.4f})"
+        return Choice(best.number, why, front, round(se, 5))
     near = [t for t in done if t.score is not None and t.score >= best.score - se]
     pick = min(near, key=lambda t: (*_cost(t), -(t.score or 0.0)))
     why = (f"cheapest of the {len(near)} trials within one standard error ({se:.4f}) of the best "

@@ -54,7 +54,7 @@ class TrainResult:
     history: list[dict[str, Any]]  # per epoch: epoch, train_loss, validation metrics
     best_epoch: int
     best_metrics: dict[str, float]
-    stop_reason: str  # "completed", "early stopping", "time limit"
+    stop_reason: str  # "completed", "early stopping", "time limit", "stopped" (on_epoch said so)
     train_seconds: float
     examples_seen: int = 0
 
@@ -125,12 +125,14 @@ def _optimizer(adapter: AdapterSet, head: Head, config: TrainConfig, total_steps
 
 def train_adapter(encoder: FrozenEncoder, data: TrainingData, config: TrainConfig,
                   on_progress: Callable[[Progress], None] | None = None,
-                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                  on_epoch: Callable[[dict[str, Any]], bool | None] | None = None,
                   should_stop: Callable[[], bool] | None = None,
                   clock: Callable[[], float] = time.perf_counter) -> TrainResult:
     """Fit a fresh adapter + head on data.train, keep the epoch best on data.validation.
 
-    `clock` (seconds) times it and enforces max_train_seconds; a search passes its own.
+    `on_epoch` gets each epoch's record; returning True ends training after that epoch (stop
+    reason "stopped": a search's budget). `clock` (seconds) times it and enforces
+    max_train_seconds; a search passes its own.
     """
     config = config.resolved(data.task_type)
     torch.manual_seed(config.seed)
@@ -146,7 +148,7 @@ class _Trainer:
 
     def __init__(self, encoder: FrozenEncoder, data: TrainingData, config: TrainConfig,
                  on_progress: Callable[[Progress], None] | None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None,
+                 on_epoch: Callable[[dict[str, Any]], bool | None] | None,
                  should_stop: Callable[[], bool] | None, clock: Callable[[], float]) -> None:
         self.encoder, self.data, self.config, self.clock = encoder, data, config, clock
         self.on_progress, self.on_epoch, self.should_stop = on_progress, on_epoch, should_stop
@@ -180,8 +182,7 @@ class _Trainer:
                                self.data.validation, self.data.task_type, self.data.labels)
             record = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), **metrics}
             history.append(record)
-            if self.on_epoch is not None:
-                self.on_epoch(record)
+            stop = self.on_epoch is not None and bool(self.on_epoch(record))
             log.info("epoch %d: %s", epoch, record)
             score = self.task.score(metrics)
             if best is None or score > best[0]:
@@ -191,6 +192,9 @@ class _Trainer:
                 stale += 1
             if timed_out:
                 stop_reason = "time limit"
+                break
+            if stop and epoch < self.epochs:
+                stop_reason = "stopped"
                 break
             if stale >= self.config.patience and epoch < self.epochs:
                 stop_reason = "early stopping"

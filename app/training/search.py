@@ -18,12 +18,13 @@ from app.training.choice import Choice, TrialRecord, choose
 from app.training.config import SearchConfig, TrainConfig
 from app.training.data import split
 from app.training.loop import Progress, TrainingCancelled, TrainResult, train_adapter
-from app.training.space import Space, resolve_space, searched_fields, start_params, suggest
+from app.training.space import Space, drawn_params, resolve_space, searched_fields, start_params, suggest
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 SPLIT_SEED_OFFSET = 1  # the search's split differs from the job's own validation split
 MIN_SEARCH_ROWS = 4
+PRUNER_STARTUP_TRIALS = 2
 FINAL = "retrained on all training rows with the winner's config; its best epoch picked on " \
     "the job's validation split, which no trial saw"
 
@@ -57,12 +58,8 @@ def _finite(score: float) -> float:
     return score if math.isfinite(score) else -1e9
 
 
-class _StopTrial(Exception):
-    """A trial ends early: the pruner said so, or the budget cannot fit another epoch."""
-
-    def __init__(self, by: str) -> None:
-        super().__init__(by)
-        self.by = by
+class _Pruned(Exception):
+    """The pruner ended a trial: its per-epoch score trails the others' at the same epoch."""
 
 
 @dataclass
@@ -133,6 +130,7 @@ class _Search:
         self.configs: dict[int, TrainConfig] = {}
         self.steps = 0  # training steps over all trials: the job's loss curve runs on
         self.stop_reason = "trials done"
+        self.start_trial: int | None = None  # the starting recipe's trial, when the space holds it
 
     # -------------------------------------------------------------------------------- run
     def run(self) -> SearchOutcome:
@@ -144,12 +142,16 @@ class _Search:
             direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=self.seed,
                                                n_startup_trials=min(10, max(3, n // 3))),
-            # Successive halving on the per-epoch score: at epochs 1, 3, 9 ... a trial goes on
-            # only while in the top third of the trials that reached that epoch.
-            pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+            # From its second epoch on, a trial stops when its best score so far is below the
+            # median of the earlier trials' at that epoch; the first two always finish. Not at
+            # epoch 1: a slower learning rate or a longer schedule starts lower and ends higher.
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
+                                               n_warmup_steps=2))
         start = start_params(self.space, self.base)
         if start:
             study.enqueue_trial(start)
+            self.start_trial = 0 if set(start) >= drawn_params(self.space, start["design"]) \
+                else None  # only part of the recipe fits the space: trial 0 is not it
         self._report()
         try:
             for _ in range(n):
@@ -180,7 +182,7 @@ class _Search:
         started = self.budget.clock()
         last_epoch = [started]
 
-        def epoch_done(metrics: dict[str, Any]) -> None:
+        def epoch_done(metrics: dict[str, Any]) -> bool:
             now = self.budget.clock()
             self.budget.epoch_seconds.append(now - last_epoch[0])
             last_epoch[0] = now
@@ -191,16 +193,18 @@ class _Search:
                 self.on_epoch({"trial": trial.number, **metrics})
             trial.report(score, epoch)
             if epoch < config.epochs and trial.should_prune():
-                raise _StopTrial("pruner")
+                raise _Pruned()
             if epoch < config.epochs and not self.budget.fits(1, self._final_epochs()):
-                raise _StopTrial("budget")
+                record.stopped_by = "budget"  # its model so far is a result: it counts
+                return True
+            return False
 
         try:
             result = train_adapter(self.encoder, self.split, config, self._progress, epoch_done,
                                    self.should_stop, self.budget.clock)
-        except _StopTrial as stop:
+        except _Pruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            record.state, record.pruned_by = "pruned", stop.by
+            record.state = "pruned"
         except TrainingCancelled:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             record.state = "cancelled"
@@ -210,6 +214,10 @@ class _Search:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             record.state, record.error = "failed", f"{type(exc).__name__}: {exc}"
         else:
+            if record.stopped_by == "budget":  # retrained, it gets the epochs it had here
+                ran = len(result.history)
+                config = self.configs[trial.number] = config.model_copy(update={"epochs": ran})
+                record.config["epochs"] = ran
             score, tiebreak = map(_finite, self.task.score(result.best_metrics))
             study.tell(trial, score)
             record.state, record.score, record.tiebreak = "complete", score, tiebreak
@@ -235,7 +243,7 @@ class _Search:
     def _finish(self) -> SearchOutcome:
         n_val = len(self.split.validation)
         choice = choose(self.trials, self.search.objective,
-                        lambda s: self.task.standard_error(s, n_val))
+                        lambda s: self.task.standard_error(s, n_val), self.start_trial)
         config = self.base if choice.winner is None else self.configs[choice.winner]
         config = config.model_copy(update={"search": None, "max_train_seconds": max(
             1e-3, self.search.budget_s - self.budget.elapsed())})
@@ -276,7 +284,8 @@ class _Search:
         """The whole search, for the stored metadata (and the job's last table)."""
         table = self._table()
         record = {**table, "phase": "done", "seed": self.seed, "space": self.space.as_dict(),
-                  "sampler": "TPE", "pruner": "successive halving (min 1 epoch, factor 3)",
+                  "sampler": "TPE", "pruner": "median (from epoch 2, after "
+                  f"{PRUNER_STARTUP_TRIALS} trials)",
                   "splits": {"search_train_rows": len(self.split.train),
                              "search_validation_rows": len(self.split.validation),
                              "final": final},

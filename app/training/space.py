@@ -85,6 +85,12 @@ def start_params(space: Space, config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in params.items() if fits[k]} if fits["design"] else {}
 
 
+def drawn_params(space: Space, design: str) -> set[str]:
+    """The parameters a trial of this design draws from the space (see suggest)."""
+    return {"design", "learning_rate", "epochs", "lora_r" if design == "lora" else
+            "reduction_factor"} | ({"head_layers"} if space.head_layers else set())
+
+
 def suggest(trial: optuna.trial.Trial, space: Space, base: TrainConfig) -> TrainConfig:
     """The trial's config: `base` (resolved) with the searched fields drawn from the space."""
     design = str(trial.suggest_categorical("design", list(space.designs)))

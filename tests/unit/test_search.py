@@ -64,7 +64,8 @@ def test_every_trial_is_recorded_and_one_adapter_is_stored(encoder: FrozenEncode
     first = search["trials"][0]["config"]  # the starting recipe: the task type's defaults
     assert (first["learning_rate"], first["epochs"], first["head_layers"]) == (1e-3, 3, 2)
     winner = next(t for t in search["trials"] if t["number"] == search["winner"])
-    assert winner["state"] == "complete" and "highest validation score" in search["why"]
+    assert winner["state"] == "complete"
+    assert search["why"].startswith(("highest validation score", "kept the starting recipe"))
     assert stored.metrics["config"]["epochs"] == winner["config"]["epochs"]
     assert stored.metrics["config"]["search"] is None
     assert result.history and [r["epoch"] for r in result.history][0] == 1
@@ -78,8 +79,10 @@ def test_trials_are_pruned_on_the_per_epoch_score(encoder: FrozenEncoder) -> Non
         "epochs": [3, 3], "learning_rate": [1e-6, 5e-2]}))
     trials = out.record["trials"]
     pruned = [t for t in trials if t["state"] == "pruned"]
-    assert pruned and all(t["pruned_by"] == "pruner" for t in pruned)
-    assert all(len(t["curve"]) < 3 and "score" not in t for t in pruned)  # stopped early
+    assert pruned and all("stopped_by" not in t and "score" not in t for t in pruned)
+    # judged from epoch 2 on (not at epoch 1), stopped before the last; the first two never
+    assert all(len(t["curve"]) == 2 for t in pruned)
+    assert {t["number"] for t in pruned}.isdisjoint({0, 1})
     assert out.record["winner"] not in [t["number"] for t in pruned]
 
 
@@ -108,14 +111,16 @@ def test_budget_is_kept_within_one_epoch(encoder: FrozenEncoder) -> None:
     assert record["winner"] is not None
 
 
-def test_a_budget_too_small_for_any_trial_trains_the_starting_config(
+def test_a_trial_cut_by_the_budget_counts_with_the_epochs_it_had(
         encoder: FrozenEncoder) -> None:
     clock = StepClock()
     out = search_and_train(encoder, _data(), _config(budget_s=1.0),
                            on_progress=clock.tick, clock=clock)
-    assert out.record["winner"] is None and "no trial finished" in out.record["why"]
-    assert [t["pruned_by"] for t in out.record["trials"]] == ["budget"]
-    assert out.config.learning_rate == 1e-3  # the task type's default
+    [trial] = out.record["trials"]  # no second trial fits
+    assert (trial["state"], trial["stopped_by"], len(trial["curve"])) == ("complete", "budget", 1)
+    assert trial["config"]["epochs"] == 1 and trial["params"]["epochs"] == 3  # cut from 3
+    assert out.record["winner"] == 0 and "score" in trial
+    assert (out.config.epochs, out.config.learning_rate) == (1, 1e-3)  # retrained as it ran
 
 
 def _cancel_after_first_complete() -> tuple[list[bool], Any, Any]:
@@ -173,6 +178,21 @@ def test_balanced_picks_the_cheapest_within_one_standard_error() -> None:
     assert "within one standard error" in balanced.why
     assert balanced.pareto == [2, 1, 3, 0]  # cheapest first; the pruned trial is not on it
     assert choose(trials, "balanced", lambda s: 0.0).winner == 0
+
+
+def test_quality_keeps_the_starting_recipe_unless_clearly_beaten() -> None:
+    se = get_task("classification").standard_error
+    trials = [_trial(0, 0.80, 1.02, 2000), _trial(1, 0.84, 1.10, 9000), _trial(2, 0.70, 1.0, 10)]
+    # 0.04 ahead on 400 rows: within 1.645 * sqrt(se(0.84)^2 + se(0.80)^2) = 0.0446
+    kept = choose(trials, "quality", lambda s: se(s, 400), start=0)
+    assert kept.winner == 0 and kept.why.startswith("kept the starting recipe (trial 0")
+    assert "leads it by 0.0400" in kept.why and "0.0446" in kept.why
+    clear = choose(trials, "quality", lambda s: se(s, 1600), start=0)  # half the noise
+    assert clear.winner == 1 and "0.0400 over the starting recipe" in clear.why
+    # no starting recipe among the trials (or it did not finish): the best score
+    assert choose(trials, "quality", lambda s: se(s, 400)).winner == 1
+    trials[0].state = "pruned"
+    assert choose(trials, "quality", lambda s: se(s, 400), start=0).winner == 1
 
 
 def test_cost_model_and_task_aware_space(encoder: FrozenEncoder) -> None:

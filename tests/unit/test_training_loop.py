@@ -86,6 +86,11 @@ def test_early_stopping_and_time_limit(encoder: FrozenEncoder) -> None:
     capped = train_adapter(encoder, _data(), FAST.model_copy(
         update={"epochs": 1000, "max_train_seconds": 0.3}))
     assert capped.stop_reason == "time limit" and len(capped.history) < 1000
+    # on_epoch returning True (a search's budget) ends it there, keeping the best epoch so far
+    seen: list[int] = []
+    stopped = train_adapter(encoder, _data(), FAST.model_copy(update={"epochs": 5}),
+                            on_epoch=lambda r: seen.append(r["epoch"]) or r["epoch"] == 2)
+    assert stopped.stop_reason == "stopped" and seen == [1, 2] and stopped.best_epoch <= 2
 
 
 def test_cancel_stops_training_and_stores_nothing(encoder: FrozenEncoder, store: AdapterStore
