@@ -110,6 +110,8 @@ def run_seed(encoder: FrozenEncoder, bench: Bench, rows: list[dict[str, Any]],
             "search": {"dev": search_dev, "seconds": round(search_s, 1), "budget_s": budget_s,
                        "trials": len(states), "complete": states.count("complete"),
                        "pruned": states.count("pruned"), "failed": states.count("failed"),
+                       "cut_by_budget": sum(t.get("stopped_by") == "budget"
+                                            for t in record["trials"]),
                        "stop_reason": record["stop_reason"], "why": record["why"],
                        "chosen": winner["config"] if winner else None,
                        "chosen_relative_cost": winner["relative_cost"] if winner else None},
@@ -133,6 +135,8 @@ def run_bench(encoder: FrozenEncoder, bench: Bench, args: argparse.Namespace) ->
     return {"task_type": bench.task_type, "metric": bench.metric, "train_rows": n_rows,
             "dev_rows": len(dev), "budget_s": budget, "runs": runs,
             "search_beat_default": f"{wins}/{len(runs)}",
+            "search_vs_default": {"better": wins, "same": sum(g == 0 for g in gains),
+                                  "worse": sum(g < 0 for g in gains)},
             "mean_gain": round(sum(gains) / len(gains), 4),
             "mean_default": round(sum(r["default"]["dev"] for r in runs) / len(runs), 4),
             "mean_search": round(sum(r["search"]["dev"] for r in runs) / len(runs), 4)}
