@@ -182,7 +182,7 @@ class _Trainer:
                                self.data.validation, self.data.task_type, self.data.labels)
             record = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), **metrics}
             history.append(record)
-            stop = self.on_epoch is not None and bool(self.on_epoch(record))
+            stop = self.on_epoch is not None and self.on_epoch(record) is True
             log.info("epoch %d: %s", epoch, record)
             score = self.task.score(metrics)
             if best is None or score > best[0]:
