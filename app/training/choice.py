@@ -46,6 +46,11 @@ def _cost(t: TrialRecord) -> tuple[float, int]:
     return t.relative_cost, t.trainable_parameters
 
 
+def ranking(t: TrialRecord) -> tuple[float, float, list[float]]:
+    """The best trial has the highest: score, then its tiebreak, then the lower cost."""
+    return t.score or 0.0, t.tiebreak or 0.0, [-c for c in _cost(t)]
+
+
 def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
     """Complete trials no other beats on both score and cost."""
     def dominated(t: TrialRecord) -> bool:
@@ -68,7 +73,7 @@ def choose(trials: list[TrialRecord], objective: Literal["quality", "balanced"],
     if not done:
         return Choice(None, "no trial finished within the budget: the starting config was "
                       "trained instead")
-    best = max(done, key=lambda t: (t.score, t.tiebreak or 0.0, [-c for c in _cost(t)]))
+    best = max(done, key=ranking)
     assert best.score is not None
     se = standard_error(best.score)
     front = [t.number for t in pareto_front(done)]

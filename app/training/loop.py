@@ -127,16 +127,20 @@ def train_adapter(encoder: FrozenEncoder, data: TrainingData, config: TrainConfi
                   on_progress: Callable[[Progress], None] | None = None,
                   on_epoch: Callable[[dict[str, Any]], bool | None] | None = None,
                   should_stop: Callable[[], bool] | None = None,
-                  clock: Callable[[], float] = time.perf_counter) -> TrainResult:
+                  clock: Callable[[], float] = time.perf_counter,
+                  select: Examples | None = None) -> TrainResult:
     """Fit a fresh adapter + head on data.train, keep the epoch best on data.validation.
 
     `on_epoch` gets each epoch's record; returning True ends training after that epoch (stop
     reason "stopped": a search's budget). `clock` (seconds) times it and enforces
-    max_train_seconds; a search passes its own.
+    max_train_seconds; a search passes its own. `select`: other rows that pick the kept epoch
+    (its metrics go into each record under "selection"), while data.validation still scores
+    the epochs and stops early: a search judges trials on one part of a user's validation
+    rows and keeps each trial's epoch by the other, so neither choice sees the other's rows.
     """
     config = config.resolved(data.task_type)
     torch.manual_seed(config.seed)
-    trainer = _Trainer(encoder, data, config, on_progress, on_epoch, should_stop, clock)
+    trainer = _Trainer(encoder, data, config, on_progress, on_epoch, should_stop, clock, select)
     try:
         return trainer.fit()
     finally:
@@ -149,8 +153,10 @@ class _Trainer:
     def __init__(self, encoder: FrozenEncoder, data: TrainingData, config: TrainConfig,
                  on_progress: Callable[[Progress], None] | None,
                  on_epoch: Callable[[dict[str, Any]], bool | None] | None,
-                 should_stop: Callable[[], bool] | None, clock: Callable[[], float]) -> None:
+                 should_stop: Callable[[], bool] | None, clock: Callable[[], float],
+                 select: Examples | None = None) -> None:
         self.encoder, self.data, self.config, self.clock = encoder, data, config, clock
+        self.select = select
         self.on_progress, self.on_epoch, self.should_stop = on_progress, on_epoch, should_stop
         self.rng = random.Random(config.seed)
         self.task = get_task(data.task_type)
@@ -166,6 +172,8 @@ class _Trainer:
                                                           config.doc_stride)
         self.val_feats, _ = self.task.encode(encoder.tokenizer, data.validation, length,
                                              config.doc_stride)
+        self.select_feats = None if select is None else self.task.encode(
+            encoder.tokenizer, select, length, config.doc_stride)[0]
         self.total_steps = math.ceil(len(self.train_feats) / config.batch_size) * self.epochs
         self.optimizer, self.scheduler = _optimizer(self.adapter, self.head, config,
                                                     self.total_steps)
@@ -175,21 +183,28 @@ class _Trainer:
     def fit(self) -> TrainResult:
         history: list[dict[str, Any]] = []
         best: tuple[tuple[float, float], int, dict[str, Tensor], dict[str, Tensor]] | None = None
+        judged: tuple[float, float] | None = None  # data.validation's best: early stopping
         stop_reason, stale = "completed", 0
         for epoch in range(1, self.epochs + 1):
             losses, timed_out = self._epoch(epoch)
-            metrics = evaluate(self.encoder, self.adapter, self.head, self.val_feats,
-                               self.data.validation, self.data.task_type, self.data.labels)
-            record = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), **metrics}
+            metrics = self._evaluate(self.val_feats, self.data.validation)
+            record: dict[str, Any] = {"epoch": epoch,
+                                      "train_loss": sum(losses) / max(1, len(losses)), **metrics}
+            picked_by = metrics
+            if self.select is not None:
+                assert self.select_feats is not None
+                picked_by = record["selection"] = self._evaluate(self.select_feats, self.select)
             history.append(record)
             stop = self.on_epoch is not None and self.on_epoch(record) is True
             log.info("epoch %d: %s", epoch, record)
             score = self.task.score(metrics)
-            if best is None or score > best[0]:
-                best = (score, epoch, _copy(self.adapter), _copy(self.head))
-                stale = 0
+            if judged is None or score > judged:
+                judged, stale = score, 0
             else:
                 stale += 1
+            kept_score = self.task.score(picked_by)
+            if best is None or kept_score > best[0]:
+                best = (kept_score, epoch, _copy(self.adapter), _copy(self.head))
             if timed_out:
                 stop_reason = "time limit"
                 break
@@ -204,8 +219,16 @@ class _Trainer:
         self.head.load_state_dict(best[3])
         self.adapter.eval()
         self.head.eval()
-        return TrainResult(self.adapter, self.head, history, best[1], history[best[1] - 1],
+        kept = history[best[1] - 1]
+        if self.select is not None:  # the metrics of the rows that picked it
+            kept = {k: v for k, v in kept.items() if k in ("epoch", "train_loss")} \
+                | kept["selection"]
+        return TrainResult(self.adapter, self.head, history, best[1], kept,
                            stop_reason, self.clock() - self.start, self.seen)
+
+    def _evaluate(self, features: list[Feature], examples: Examples) -> dict[str, float]:
+        return evaluate(self.encoder, self.adapter, self.head, features, examples,
+                        self.data.task_type, self.data.labels)
 
     def _epoch(self, epoch: int) -> tuple[list[float], bool]:
         """One pass over the training data; returns the losses and whether time ran out."""

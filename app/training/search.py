@@ -13,8 +13,8 @@ from app.errors import InvalidInputError
 from app.model.cost import adapter_parameters, relative_cost
 from app.model.encoder import FrozenEncoder
 from app.tasks import get_task
-from app.tasks.base import TrainingData
-from app.training.choice import Choice, TrialRecord, choose
+from app.tasks.base import Examples, TrainingData
+from app.training.choice import Choice, TrialRecord, choose, pareto_front, ranking
 from app.training.config import SearchConfig, TrainConfig
 from app.training.data import split
 from app.training.loop import Progress, TrainingCancelled, TrainResult, train_adapter
@@ -27,21 +27,54 @@ MIN_SEARCH_ROWS = 4
 PRUNER_STARTUP_TRIALS = 2
 FINAL = "retrained on all training rows with the winner's config; its best epoch picked on " \
     "the job's validation split, which no trial saw"
+KEPT = "the winning trial as it was: trained on all training rows, its epoch picked on the " \
+    "half of the given validation rows that judged no trial"
 
 
-def search_split(data: TrainingData, config: TrainConfig) -> TrainingData:
-    """data.train split again (stratified, seeded): trials train on the first part and are
-    judged on the second, so data.validation stays unseen until the final training."""
+@dataclass(frozen=True)
+class Splits:
+    """Where trials train and what judges them; `select`, when the user sent validation rows:
+    the half of them that picks each trial's kept epoch, and then the winner is stored as it
+    was (no final training)."""
+
+    trials: TrainingData  # trials train on .train and are judged on .validation
+    select: Examples | None
+    judged_on: str  # for the record: which rows judged the trials, and why
+
+    @property
+    def keeps_winner(self) -> bool:
+        return self.select is not None
+
+
+def search_split(data: TrainingData, config: TrainConfig) -> Splits:
+    """The rows that judge trials, never those that pick the final model's epoch.
+
+    Validation rows sent with the job are split in half (stratified, seeded): they are the
+    rows like the ones the adapter will see, so one half judges the trials (which train on all
+    training rows) and the other picks each trial's epoch. Without them (or with fewer than
+    MIN_SEARCH_ROWS), data.train is split again: trials train on one part and are judged on the
+    other, and data.validation stays unseen until the winner's final training."""
     assert config.search is not None
     seed = config.seed if config.search.seed is None else config.search.seed
-    strata = get_task(data.task_type).strata(data.train.targets)
+    task = get_task(data.task_type)
+    if data.validation_given and len(data.validation) >= MIN_SEARCH_ROWS:
+        judge_idx, select_idx = split(task.strata(data.validation.targets), 0.5,
+                                      seed + SPLIT_SEED_OFFSET)
+        return Splits(TrainingData(data.task_type, data.labels, data.train,
+                                   data.validation.subset(judge_idx), True),
+                      data.validation.subset(select_idx),
+                      "half of the given validation rows")
+    strata = task.strata(data.train.targets)
     if len(strata) < MIN_SEARCH_ROWS:
         raise InvalidInputError(
             f"config.search needs at least {MIN_SEARCH_ROWS} training rows besides the "
             f"validation ones, to judge trials on some of them; there are {len(strata)}")
     train_idx, val_idx = split(strata, config.search.search_fraction, seed + SPLIT_SEED_OFFSET)
-    return TrainingData(data.task_type, data.labels, data.train.subset(train_idx),
-                        data.train.subset(val_idx), False)
+    judged_on = f"a held-out {config.search.search_fraction:g} of the training rows"
+    if data.validation_given:
+        judged_on += f" (the {len(data.validation)} validation rows sent are too few to halve)"
+    return Splits(TrainingData(data.task_type, data.labels, data.train.subset(train_idx),
+                               data.train.subset(val_idx), False), None, judged_on)
 
 
 def search_summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +101,7 @@ class SearchOutcome:
     config: TrainConfig  # the config that trained it
     record: dict[str, Any]  # the search, for the stored metadata
     kept_on_cancel: bool = False  # cancelled, and the best finished trial is stored
+    validation_examples: int | None = None  # rows result.best_metrics was measured on
 
 
 @dataclass
@@ -122,11 +156,16 @@ class _Search:
         self.task = get_task(data.task_type)
         self.seed = config.seed if search.seed is None else search.seed
         self.space: Space = resolve_space(data.task_type, search.space)
-        self.split = search_split(data, config)
-        self.budget = _Budget(search.budget_s, clock, clock(),
-                              final_scale=len(data.train) / max(1, len(self.split.train)))
+        self.splits = search_split(data, config)
+        self.split = self.splits.trials
+        # no final training when the winner is kept; else it trains on all training rows
+        final_scale = 0.0 if self.splits.keeps_winner \
+            else len(data.train) / max(1, len(self.split.train))
+        self.budget = _Budget(search.budget_s, clock, clock(), final_scale=final_scale)
         self.trials: list[TrialRecord] = []
         self.best: tuple[TrialRecord, TrainResult, TrainConfig] | None = None
+        # when the winner is kept: the models of the trials that may still win
+        self.kept: dict[int, tuple[TrainResult, TrainConfig]] = {}
         self.configs: dict[int, TrainConfig] = {}
         self.steps = 0  # training steps over all trials: the job's loss curve runs on
         self.stop_reason = "trials done"
@@ -201,7 +240,7 @@ class _Search:
 
         try:
             result = train_adapter(self.encoder, self.split, config, self._progress, epoch_done,
-                                   self.should_stop, self.budget.clock)
+                                   self.should_stop, self.budget.clock, self.splits.select)
         except _Pruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             record.state = "pruned"
@@ -218,15 +257,36 @@ class _Search:
                 ran = len(result.history)
                 config = self.configs[trial.number] = config.model_copy(update={"epochs": ran})
                 record.config["epochs"] = ran
-            score, tiebreak = map(_finite, self.task.score(result.best_metrics))
+            judged = self._judged(result)
+            score, tiebreak = map(_finite, self.task.score(judged))
             study.tell(trial, score)
             record.state, record.score, record.tiebreak = "complete", score, tiebreak
-            record.metrics, record.best_epoch = result.best_metrics, result.best_epoch
+            record.metrics = {k: v for k, v in judged.items() if k != "selection"}
+            record.best_epoch = judged["epoch"]
             if self.best is None or (score, tiebreak) > (self.best[0].score, self.best[0].tiebreak):
                 self.best = (record, result, config)
+            if self.splits.keeps_winner:
+                self._keep(trial.number, result, config)
         finally:
             record.seconds = round(self.budget.clock() - started, 3)
             self._report()
+
+    def _judged(self, result: TrainResult) -> dict[str, Any]:
+        """The trial's epoch record with the best score on the rows that judge trials (with
+        `select`, the kept epoch may be another one)."""
+        if self.splits.select is None:
+            return result.best_metrics
+        return max(result.history, key=lambda r: tuple(map(_finite, self.task.score(r))))
+
+    def _keep(self, number: int, result: TrainResult, config: TrainConfig) -> None:
+        """Hold this trial's model, and drop those that can no longer win: `choose` picks the
+        best, the starting recipe or a trial on the Pareto front of score against cost, and a
+        trial that is none of these now never becomes one."""
+        self.kept[number] = (result, config)
+        done = [t for t in self.trials if t.state == "complete"]
+        may_win = {t.number for t in pareto_front(done)} | {self.start_trial} \
+            | {max(done, key=ranking).number}
+        self.kept = {n: kept for n, kept in self.kept.items() if n in may_win}
 
     def _progress(self, p: Progress) -> None:
         self.steps += 1
@@ -244,6 +304,12 @@ class _Search:
         n_val = len(self.split.validation)
         choice = choose(self.trials, self.search.objective,
                         lambda s: self.task.standard_error(s, n_val), self.start_trial)
+        if choice.winner is not None and choice.winner in self.kept:
+            result, config = self.kept[choice.winner]
+            self._report(choice)
+            return SearchOutcome(result, config.model_copy(update={"search": None}),
+                                 self._record(choice, KEPT),
+                                 validation_examples=self._select_rows())
         config = self.base if choice.winner is None else self.configs[choice.winner]
         config = config.model_copy(update={"search": None, "max_train_seconds": max(
             1e-3, self.search.budget_s - self.budget.elapsed())})
@@ -262,8 +328,16 @@ class _Search:
         choice = Choice(record.number, "search cancelled: kept the best finished trial "
                         f"(trial {record.number}, score {record.score:.4f})")
         kept = "the best finished trial as it was (search cancelled): trained on the search's " \
-            "training rows, its epoch picked on the search's validation rows"
-        return SearchOutcome(result, config, self._record(choice, kept), kept_on_cancel=True)
+            "training rows, its epoch picked on " + (
+                "the half of the given validation rows that judged no trial"
+                if self.splits.keeps_winner else "the search's validation rows")
+        return SearchOutcome(result, config.model_copy(update={"search": None}),
+                             self._record(choice, kept), kept_on_cancel=True,
+                             validation_examples=self._select_rows()
+                             or len(self.split.validation))
+
+    def _select_rows(self) -> int | None:
+        return None if self.splits.select is None else len(self.splits.select)
 
     # ---------------------------------------------------------------------------- records
     def _table(self) -> dict[str, Any]:
@@ -288,6 +362,9 @@ class _Search:
                   f"{PRUNER_STARTUP_TRIALS} trials)",
                   "splits": {"search_train_rows": len(self.split.train),
                              "search_validation_rows": len(self.split.validation),
+                             "judged_on": self.splits.judged_on,
+                             **({"selection_rows": len(self.splits.select)}
+                                if self.splits.select is not None else {}),
                              "final": final},
                   "stop_reason": self.stop_reason, "winner": choice.winner, "why": choice.why,
                   "pareto_front": choice.pareto, "standard_error": choice.standard_error,

@@ -49,16 +49,18 @@ def train_and_store(encoder: FrozenEncoder, store: Store, name: str, data: Train
     """
     config = config.resolved(data.task_type)
     extra: dict[str, Any] = {}
+    validation_examples = len(data.validation)
     if config.search is not None:
         found = search_and_train(encoder, data, config, on_search=on_search, **callbacks)
         result, config, extra["search"] = found.result, found.config, found.record
+        validation_examples = found.validation_examples or validation_examples
         if found.kept_on_cancel:
             before_save = None
     else:
         result = train_adapter(encoder, data, config, **callbacks)
     metrics = {"validation": result.best_metrics, "best_epoch": result.best_epoch,
                "history": result.history, "stop_reason": result.stop_reason,
-               "train_examples": len(data.train), "validation_examples": len(data.validation),
+               "train_examples": len(data.train), "validation_examples": validation_examples,
                "validation_source": "given" if data.validation_given else "split of train",
                "train_seconds": round(result.train_seconds, 2),
                "train_examples_per_second": round(result.examples_per_second, 1),

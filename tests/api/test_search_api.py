@@ -68,6 +68,22 @@ def test_search_job_reports_its_trials_and_stores_one_adapter(api: TestClient,
     assert r.status_code == 200
 
 
+@pytest.mark.slow
+def test_validation_rows_sent_judge_the_trials(api: TestClient) -> None:
+    # 4 training rows are too few to split for a search, but validation rows judge it instead
+    job = submit_job(api, name="judged", config=SEARCH, rows=4,
+                     validation=sentiment_rows(20, seed=3))
+    done = wait_for_job(api, job["job_id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    assert {m["trial"] for m in done["metrics"]} == {0, 1, 2}  # the winner kept: no "final"
+    meta = api.get("/adapters/judged").json()["metrics"]
+    splits = meta["search"]["splits"]
+    assert splits["judged_on"] == "half of the given validation rows"
+    assert (splits["search_train_rows"], splits["search_validation_rows"],
+            splits["selection_rows"], meta["validation_examples"]) == (4, 10, 10, 10)
+    assert meta["validation_source"] == "given"
+
+
 def _search_until_a_trial_finished(api: TestClient, keep: bool) -> tuple[dict[str, Any], str]:
     config = {**QUICK, "epochs": 2, "search": {
         "trials": 500, "budget_s": 3600, "keep_best_on_cancel": keep,

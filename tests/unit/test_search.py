@@ -15,7 +15,7 @@ from app.tasks import get_task
 from app.training.choice import TrialRecord, choose
 from app.training.config import SearchConfig, TrainConfig
 from app.training.data import TrainingData, prepare
-from app.training.loop import Progress, TrainingCancelled
+from app.training.loop import Progress, TrainingCancelled, train_adapter
 from app.training.search import search_and_train
 from app.training.space import resolve_space
 from app.training.worker import train_and_store
@@ -121,6 +121,78 @@ def test_a_trial_cut_by_the_budget_counts_with_the_epochs_it_had(
     assert trial["config"]["epochs"] == 1 and trial["params"]["epochs"] == 3  # cut from 3
     assert out.record["winner"] == 0 and "score" in trial
     assert (out.config.epochs, out.config.learning_rate) == (1, 1e-3)  # retrained as it ran
+
+
+def _given(n_train: int = 64, n_validation: int = 32) -> TrainingData:
+    return prepare("classification", sentiment_rows(n_train), sentiment_rows(n_validation, 7),
+                   None, 0.25, 0, 10_000, 1_000)
+
+
+def test_given_validation_rows_judge_trials_and_the_winner_is_kept(
+        encoder: FrozenEncoder, tmp_path: Any) -> None:
+    data = _given()
+    epochs: list[dict[str, Any]] = []
+    store = AdapterStore(tmp_path)
+    stored, result = train_and_store(encoder, store, "given", data, _config(trials=4),
+                                     on_epoch=epochs.append)
+    search = stored.metrics["search"]
+    splits = search["splits"]
+    # trials train on every training row; half the validation rows judge them, the other
+    # half picks each trial's epoch
+    assert splits["judged_on"] == "half of the given validation rows"
+    assert splits["search_train_rows"] == len(data.train) == stored.metrics["train_examples"]
+    assert splits["search_validation_rows"] == splits["selection_rows"] == 16
+    assert stored.metrics["validation_examples"] == 16
+    assert splits["final"].startswith("the winning trial as it was")
+    # no final training: the stored model is the winner's, its epoch the best on the other half
+    assert all(r["trial"] != "final" for r in epochs)
+    winner = next(t for t in search["trials"] if t["number"] == search["winner"])
+    mine = [r for r in epochs if r["trial"] == winner["number"]]
+    assert [r["epoch"] for r in result.history] == [r["epoch"] for r in mine]
+    task = get_task("classification")
+    assert result.best_epoch == max(result.history,
+                                    key=lambda r: task.score(r["selection"]))["epoch"]
+    assert stored.metrics["validation"]["accuracy"] \
+        == result.history[result.best_epoch - 1]["selection"]["accuracy"]
+    # a trial's score is its best epoch on the judging half, whatever epoch the other half keeps
+    for t in search["trials"]:
+        if t["state"] == "complete":
+            curve = [r["accuracy"] for r in epochs if r["trial"] == t["number"]]
+            assert t["score"] == max(curve) and t["metrics"]["accuracy"] == max(curve)
+    assert stored.metrics["config"]["epochs"] == winner["config"]["epochs"]
+
+
+def test_too_few_validation_rows_to_halve_leave_the_judging_to_training_rows(
+        encoder: FrozenEncoder) -> None:
+    data = _given(n_validation=3)
+    out = search_and_train(encoder, data, _config(trials=2))
+    splits = out.record["splits"]
+    assert splits["judged_on"] == "a held-out 0.2 of the training rows (the 3 validation " \
+        "rows sent are too few to halve)"
+    assert splits["search_train_rows"] + splits["search_validation_rows"] == len(data.train)
+    assert "selection_rows" not in splits and splits["final"].startswith("retrained")
+    assert out.validation_examples is None
+
+
+def test_select_rows_pick_the_kept_epoch_and_validation_rows_stop_early(
+        encoder: FrozenEncoder) -> None:
+    from tests.unit.test_training_loop import FAST
+
+    data = _given()
+    select = prepare("classification", sentiment_rows(24, 9), None, None, 0.25, 0, 10_000,
+                     1_000).train
+    config = FAST.model_copy(update={"patience": 1})
+    plain = train_adapter(encoder, data, config)
+    picked = train_adapter(encoder, data, config, select=select)
+    # the same training (same seed): the same per-epoch validation scores and stopping epoch
+    assert [r["accuracy"] for r in picked.history] == [r["accuracy"] for r in plain.history]
+    assert picked.stop_reason == plain.stop_reason == "early stopping"
+    task = get_task("classification")
+    assert picked.best_epoch == max(picked.history,
+                                    key=lambda r: task.score(r["selection"]))["epoch"]
+    assert picked.best_metrics["accuracy"] \
+        == picked.history[picked.best_epoch - 1]["selection"]["accuracy"]
+    assert "selection" not in picked.best_metrics and "selection" not in plain.history[0]
 
 
 def _cancel_after_first_complete() -> tuple[list[bool], Any, Any]:
