@@ -170,6 +170,7 @@ class _Search:
         self.steps = 0  # training steps over all trials: the job's loss curve runs on
         self.stop_reason = "trials done"
         self.start_trial: int | None = None  # the starting recipe's trial, when the space holds it
+        self.final_phase = False  # the winner's final training runs
 
     # -------------------------------------------------------------------------------- run
     def run(self) -> SearchOutcome:
@@ -289,10 +290,29 @@ class _Search:
         self.kept = {n: kept for n, kept in self.kept.items() if n in may_win}
 
     def _progress(self, p: Progress) -> None:
+        """The job's progress is the search's: steps over all trials so far, the search's
+        seconds, and a total that makes the fraction the share of its expected seconds gone
+        (so it grows across trials, and is never behind the budget's clock)."""
         self.steps += 1
-        if self.on_progress is not None:
-            self.on_progress(replace(p, step=self.steps, total_steps=self.steps - p.step
-                                     + p.total_steps))
+        if self.on_progress is None:
+            return
+        elapsed = self.budget.elapsed()
+        left = self._seconds_left(p)
+        total = self.steps if elapsed <= 0 or left <= 0 \
+            else max(self.steps, math.ceil(self.steps * (elapsed + left) / elapsed))
+        self.on_progress(replace(p, step=self.steps, total_steps=total, elapsed=elapsed))
+
+    def _seconds_left(self, p: Progress) -> float:
+        """Expected seconds until the search ends: the running training's rest at its own pace,
+        and, during the trials, the trials not started yet (at the finished ones' mean) and the
+        final training; at most what the budget has left."""
+        left = p.eta_seconds or 0.0
+        if not self.final_phase:
+            ended = [t.seconds for t in self.trials if t.state != "running"]
+            per_trial = sum(ended) / len(ended) if ended else p.elapsed + left
+            left += per_trial * (self.search.trials - len(self.trials)) \
+                + self.budget.final_reserve(self._final_epochs())
+        return max(0.0, min(left, self.search.budget_s - self.budget.elapsed()))
 
     def _final_epochs(self) -> int:
         best = self.best[2].epochs if self.best is not None else self.base.epochs
@@ -314,6 +334,7 @@ class _Search:
         config = config.model_copy(update={"search": None, "max_train_seconds": max(
             1e-3, self.search.budget_s - self.budget.elapsed())})
         self._report(choice)
+        self.final_phase = True
         on_epoch = self.on_epoch
         result = train_adapter(
             self.encoder, self.data, config, self._progress,

@@ -295,3 +295,26 @@ def test_first_load_is_timed(console_for: ConsoleFor, settings: Settings,
     assert ready_ms > 0 and load_ms > 0
     (screenshots / "first-load.json").write_text(json.dumps(
         {"view_ready_ms": ready_ms, "load_event_ms": load_ms}))
+
+
+def test_a_search_job_shows_its_trials(console_for: ConsoleFor, settings: Settings) -> None:
+    console = console_for(settings)
+    config = {"learning_rate": 0.03, "batch_size": 8, "base_dropout": False,
+              "search": {"trials": 3, "budget_s": 600, "space": {"epochs": [1, 2]}}}
+    r = httpx.post(f"{console.url}/adapters", json={
+        "name": "searched", "task_type": "classification", "train": sentiment_rows(64),
+        "config": config})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    page = console.open(f"/ui/jobs/{job_id}")
+    page.wait_for_selector("section.page[data-status=succeeded]", timeout=120_000)
+    search = httpx.get(f"{console.url}/jobs/{job_id}").json()["search"]
+    rows = page.locator("section.trials tbody tr")
+    assert rows.count() == 3
+    assert page.get_attribute("section.trials tr.winner", "data-trial") == str(search["winner"])
+    assert "Winner: " in page.inner_text("section.trials p.why")
+    # one curve per trial, over as many epochs as the longest trial ran
+    longest = max(len(t["curve"]) for t in search["trials"])
+    assert page.get_attribute("#metrics-chart", "data-points") == str(longest)
+    assert page.locator("#metrics-chart .u-legend .u-series").count() == 1 + 3
+    console.shot("job-search")

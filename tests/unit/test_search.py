@@ -111,6 +111,28 @@ def test_budget_is_kept_within_one_epoch(encoder: FrozenEncoder) -> None:
     assert record["winner"] is not None
 
 
+def test_progress_spans_the_whole_search_and_keeps_up_with_its_budget(
+        encoder: FrozenEncoder) -> None:
+    clock = StepClock()
+    seen: list[tuple[float, Progress]] = []
+
+    def on_progress(p: Progress) -> None:
+        seen.append((clock.now, p))
+        clock.tick(p)
+
+    budget = 150.0
+    out = search_and_train(encoder, _data(), _config(trials=50, budget_s=budget),
+                           on_progress=on_progress, clock=clock)
+    assert len(out.record["trials"]) > 2
+    # one count of steps over every trial and the final training, and the search's seconds
+    assert [p.step for _, p in seen] == list(range(1, len(seen) + 1))
+    assert all(p.elapsed == now for now, p in seen)
+    for now, p in seen:  # a new trial does not send it back: it is never behind the clock
+        assert now / budget - 0.01 <= p.fraction <= 1
+        assert p.eta_seconds is not None and p.eta_seconds <= max(0.0, budget - now) + 1.5
+    assert seen[-1][1].fraction > 0.95
+
+
 def test_a_trial_cut_by_the_budget_counts_with_the_epochs_it_had(
         encoder: FrozenEncoder) -> None:
     clock = StepClock()

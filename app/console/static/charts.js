@@ -83,6 +83,13 @@ export function lineChart(el, { title, xLabel, series, marker, empty }) {
 // uPlot's columns from the job's loss curve: [[steps], [losses]].
 export const lossData = (curve) => [curve.map((p) => p[0]), curve.map((p) => p[1])];
 
+// A search's trials: [[epochs], [trial a's score per epoch], ...] from its trials table.
+export function trialsData(trials) {
+  const longest = Math.max(0, ...trials.map((t) => t.curve.length));
+  const epochs = Array.from({ length: longest }, (_, i) => i + 1);
+  return [epochs, ...trials.map((t) => epochs.map((_, i) => t.curve[i] ?? null))];
+}
+
 // [[epochs], [metric a], [metric b], ...] and the metric names, from the per-epoch history.
 export function metricsData(history, names) {
   return [history.map((r) => r.epoch), ...names.map((n) => history.map((r) => r[n] ?? null))];

@@ -1,7 +1,7 @@
 // Jobs: the list with status and progress, and one job's page with live curves over SSE.
 
 import { api, session, streamEvents } from "../api.js";
-import { lineChart, lossData, metricsData } from "../charts.js";
+import { lineChart, lossData, metricsData, trialsData } from "../charts.js";
 import { badge, duration, errorBox, h, link, loading, metricEntries, num, when } from "../ui.js";
 
 const ACTIVE = ["queued", "running"];
@@ -50,14 +50,22 @@ export async function jobDetail(page, { params: [id], signal }) {
   const lossEl = h("div", { class: "chart", id: "loss-chart" });
   const metricsEl = h("div", { class: "chart", id: "metrics-chart" });
   const result = h("div");
+  const trialsEl = h("div");
   page.append(head, status, failure,
-    h("div", { class: "charts" }, lossEl, metricsEl), result);
+    h("div", { class: "charts" }, lossEl, metricsEl), trialsEl, result);
+  const first = await api(`/jobs/${id}`, { signal });
+  const searching = Boolean(first.config?.search);
   const loss = lineChart(lossEl, { title: "Training loss", xLabel: "step",
     series: () => [{ label: "loss" }], empty: "drawn from the first steps on." });
   let names = null; // the metric names of the first epoch fix the chart's series
-  const metrics = lineChart(metricsEl, { title: "Validation metrics", xLabel: "epoch",
-    marker: "kept", series: () => names.map((n) => ({ label: n })),
-    empty: "drawn after each epoch." });
+  let trialLabels = []; // a search: one series per trial, added as trials start
+  const metrics = searching
+    ? lineChart(metricsEl, { title: "Trials: score per epoch", xLabel: "epoch",
+      series: () => trialLabels.map((label) => ({ label })),
+      empty: "drawn after each trial's epochs." })
+    : lineChart(metricsEl, { title: "Validation metrics", xLabel: "epoch",
+      marker: "kept", series: () => names.map((n) => ({ label: n })),
+      empty: "drawn after each epoch." });
   const onResize = () => { loss.resize(); metrics.resize(); };
   window.addEventListener("resize", onResize);
   signal.addEventListener("abort", () => window.removeEventListener("resize", onResize));
@@ -68,12 +76,19 @@ export async function jobDetail(page, { params: [id], signal }) {
     failure.replaceChildren(job.status === "failed" && job.error
       ? h("pre", { class: "error", role: "alert" }, job.error) : "");
     loss.set(lossData(job.loss_curve));
-    names ??= job.metrics.length ? metricEntries(job.metrics[0]).map(([k]) => k) : null;
-    metrics.set(names ? metricsData(job.metrics, names) : [[]], job.result?.best_epoch ?? null);
+    if (searching) {
+      const trials = job.search?.trials || [];
+      trialLabels = trials.map((t) => `trial ${t.number}`);
+      metrics.set(trialsData(trials));
+      trialsEl.replaceChildren(job.search ? drawTrials(job.search) : "");
+    } else {
+      names ??= job.metrics.length ? metricEntries(job.metrics[0]).map(([k]) => k) : null;
+      metrics.set(names ? metricsData(job.metrics, names) : [[]], job.result?.best_epoch ?? null);
+    }
     result.replaceChildren(job.result ? drawResult(job) : "");
     page.dataset.status = job.status;
   };
-  show(await api(`/jobs/${id}`, { signal }));
+  show(first);
   // The stream sends the job whenever it changes, then `end`; a finished job sends itself once.
   streamEvents(`/jobs/${id}/events`, (name, data) => { if (name === "progress") show(data); }, signal)
     .catch((err) => { if (err.name !== "AbortError") failure.replaceChildren(errorBox(err)); });
@@ -104,6 +119,34 @@ function drawStatus(el, job) {
     job.cancel_requested && ACTIVE.includes(job.status) ? h("span", {}, "cancelling…") : null,
     h("span", { class: "muted" }, `${job.task_type} · ${job.train_rows} training rows, ${job.validation_rows || "a share"} for validation · created ${when(job.created_at)} · job ${job.job_id}`),
   ].filter(Boolean));
+}
+
+// What a trial tried, in a few words: "houlsby /16", "lora r8".
+function design(c) {
+  return c.method === "lora" ? `lora r${c.r}` : `${c.placement} /${num(c.reduction_factor, 2)}`;
+}
+
+function drawTrials(search) {
+  const head = ["Trial", "Design", "Learning rate", "Epochs", "Head", "State", "Score", "Cost", "Parameters", "Seconds"];
+  return h("section", { class: "trials" },
+    h("h2", {}, `Search: ${search.phase}`),
+    h("p", { class: "muted" }, `${search.trials.length} of at most ${search.trials_requested} trials · `
+      + `${duration(search.elapsed_seconds)} of ${duration(search.budget_s)} · objective ${search.objective}`),
+    h("table", { class: "list" },
+      h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
+      h("tbody", {}, search.trials.map((t) => h("tr", {
+        dataset: { trial: t.number }, class: t.number === search.winner ? "winner" : "" },
+      h("td", {}, String(t.number), t.number === search.winner ? " ✓" : ""),
+      h("td", {}, design(t.config)),
+      h("td", {}, t.config.learning_rate.toExponential(1)),
+      h("td", {}, String(t.config.epochs)),
+      h("td", {}, t.config.head_layers ? `${t.config.head_layers} layer${t.config.head_layers > 1 ? "s" : ""}` : ""),
+      h("td", {}, badge(t.state), t.stopped_by ? h("small", {}, ` (${t.stopped_by})`) : ""),
+      h("td", {}, t.score != null ? String(num(t.score)) : ""),
+      h("td", {}, `${num(t.relative_cost, 3)}×`),
+      h("td", {}, t.trainable_parameters.toLocaleString("en")),
+      h("td", {}, duration(t.seconds)))))),
+    search.why ? h("p", { class: "why" }, `Winner: ${search.why}.`) : null);
 }
 
 function drawResult(job) {
