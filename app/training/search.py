@@ -68,7 +68,9 @@ def search_split(data: TrainingData, config: TrainConfig) -> Splits:
     if len(strata) < MIN_SEARCH_ROWS:
         raise InvalidInputError(
             f"config.search needs at least {MIN_SEARCH_ROWS} training rows besides the "
-            f"validation ones, to judge trials on some of them; there are {len(strata)}")
+            f"validation ones, to judge trials on some of them; there are {len(strata)}"
+            + (f" (or at least {MIN_SEARCH_ROWS} validation rows to judge them on; "
+               f"{len(data.validation)} were sent)" if data.validation_given else ""))
     train_idx, val_idx = split(strata, config.search.search_fraction, seed + SPLIT_SEED_OFFSET)
     judged_on = f"a held-out {config.search.search_fraction:g} of the training rows"
     if data.validation_given:

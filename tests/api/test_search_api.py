@@ -42,6 +42,12 @@ def test_too_few_rows_for_a_search_is_a_422(api: TestClient) -> None:
     assert r.status_code == 422, r.text
     assert "config.search needs at least 4 training rows" in r.json()["error"]["message"]
     assert api.get("/jobs").json()["jobs"] == []
+    r = api.post("/adapters", json={"name": "few", "task_type": "classification",
+                                    "train": sentiment_rows(2), "validation": sentiment_rows(2),
+                                    "config": SEARCH})
+    assert r.status_code == 422, r.text
+    assert "(or at least 4 validation rows to judge them on; 2 were sent)" \
+        in r.json()["error"]["message"]
 
 
 @pytest.mark.slow
