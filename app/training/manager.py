@@ -25,7 +25,7 @@ from app.errors import InvalidInputError, ServiceError
 from app.training.config import TrainConfig
 from app.training.data import prepare
 from app.training.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobDB, JobRecords
-from app.training.search import search_split
+from app.training.search_rows import search_split
 from app.training.worker import CANCELLED_ERROR, WorkerSettings, job_result, run_job
 
 if TYPE_CHECKING:  # the manager itself never loads a model

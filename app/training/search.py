@@ -9,74 +9,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app.errors import InvalidInputError
 from app.model.cost import adapter_parameters, relative_cost
 from app.model.encoder import FrozenEncoder
 from app.tasks import get_task
-from app.tasks.base import Examples, TrainingData
+from app.tasks.base import TrainingData
 from app.training.choice import Choice, TrialRecord, choose, pareto_front, ranking
 from app.training.config import SearchConfig, TrainConfig
-from app.training.data import split
 from app.training.loop import Progress, TrainingCancelled, TrainResult, train_adapter
+from app.training.search_rows import SELECTION_HALF, search_split
 from app.training.space import Space, drawn_params, resolve_space, searched_fields, start_params, suggest
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
-SPLIT_SEED_OFFSET = 1  # the search's split differs from the job's own validation split
-MIN_SEARCH_ROWS = 4
 PRUNER_STARTUP_TRIALS = 2
 FINAL = "retrained on all training rows with the winner's config; its best epoch picked on " \
     "the job's validation split, which no trial saw"
-KEPT = "the winning trial as it was: trained on all training rows, its epoch picked on the " \
-    "half of the given validation rows that judged no trial"
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Where trials train and what judges them; `select`, when the user sent validation rows:
-    the half of them that picks each trial's kept epoch, and then the winner is stored as it
-    was (no final training)."""
-
-    trials: TrainingData  # trials train on .train and are judged on .validation
-    select: Examples | None
-    judged_on: str  # for the record: which rows judged the trials, and why
-
-    @property
-    def keeps_winner(self) -> bool:
-        return self.select is not None
-
-
-def search_split(data: TrainingData, config: TrainConfig) -> Splits:
-    """The rows that judge trials, never those that pick the final model's epoch.
-
-    Validation rows sent with the job are split in half (stratified, seeded): they are the
-    rows like the ones the adapter will see, so one half judges the trials (which train on all
-    training rows) and the other picks each trial's epoch. Without them (or with fewer than
-    MIN_SEARCH_ROWS), data.train is split again: trials train on one part and are judged on the
-    other, and data.validation stays unseen until the winner's final training."""
-    assert config.search is not None
-    seed = config.seed if config.search.seed is None else config.search.seed
-    task = get_task(data.task_type)
-    if data.validation_given and len(data.validation) >= MIN_SEARCH_ROWS:
-        judge_idx, select_idx = split(task.strata(data.validation.targets), 0.5,
-                                      seed + SPLIT_SEED_OFFSET)
-        return Splits(TrainingData(data.task_type, data.labels, data.train,
-                                   data.validation.subset(judge_idx), True),
-                      data.validation.subset(select_idx),
-                      "half of the given validation rows")
-    strata = task.strata(data.train.targets)
-    if len(strata) < MIN_SEARCH_ROWS:
-        raise InvalidInputError(
-            f"config.search needs at least {MIN_SEARCH_ROWS} training rows besides the "
-            f"validation ones, to judge trials on some of them; there are {len(strata)}"
-            + (f" (or at least {MIN_SEARCH_ROWS} validation rows to judge them on; "
-               f"{len(data.validation)} were sent)" if data.validation_given else ""))
-    train_idx, val_idx = split(strata, config.search.search_fraction, seed + SPLIT_SEED_OFFSET)
-    judged_on = f"a held-out {config.search.search_fraction:g} of the training rows"
-    if data.validation_given:
-        judged_on += f" (the {len(data.validation)} validation rows sent are too few to halve)"
-    return Splits(TrainingData(data.task_type, data.labels, data.train.subset(train_idx),
-                               data.train.subset(val_idx), False), None, judged_on)
+KEPT = "the winning trial as it was: trained on all training rows, its epoch picked on " \
+    + SELECTION_HALF
 
 
 def search_summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -352,8 +301,7 @@ class _Search:
                         f"(trial {record.number}, score {record.score:.4f})")
         kept = "the best finished trial as it was (search cancelled): trained on the search's " \
             "training rows, its epoch picked on " + (
-                "the half of the given validation rows that judged no trial"
-                if self.splits.keeps_winner else "the search's validation rows")
+                SELECTION_HALF if self.splits.keeps_winner else "the search's validation rows")
         return SearchOutcome(result, config.model_copy(update={"search": None}),
                              self._record(choice, kept), kept_on_cancel=True,
                              validation_examples=self._select_rows()
